@@ -1,1 +1,153 @@
-//! placeholder
+//! The broker: how an update travels from whoever publishes it to every
+//! gateway node with members in its room, and where a room's history and
+//! presence live.
+//!
+//! [`Broker`] is the contract both engines keep; [`memory`] is the embedded
+//! single-node engine used by `herald standalone`. A gateway node
+//! [`attach`](Broker::attach)es one [`FeedSink`] and receives, per room it
+//! subscribed through the returned [`Feed`], every event in offset order
+//! (or a `resync` when continuity was lost).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_common::policy::Retention;
+use herald_common::protocol::{Position, PresenceMember};
+use herald_common::rooms::RoomName;
+use serde_json::value::RawValue;
+
+pub mod memory;
+
+pub use memory::MemoryBroker;
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing service is unreachable; the caller may retry.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One stored event: its offset, publish time and finished client frame.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub offset: u64,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The complete `event` frame as sent to clients, serialized once.
+    pub frame: Bytes,
+}
+
+/// What to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRequest<'a> {
+    pub room: &'a RoomName,
+    pub event: &'a str,
+    pub data: &'a RawValue,
+    pub retention: Retention,
+    /// The notification id, for notification events.
+    pub notification: Option<&'a str>,
+}
+
+/// A history read: from a client's position, or the newest events.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// Events after this position; `None` for the newest `limit` events.
+    pub since: Option<Position>,
+    pub limit: usize,
+}
+
+/// The answer to a history read.
+#[derive(Debug, Clone)]
+pub struct HistoryRange {
+    /// Events, oldest first.
+    pub events: Vec<EventRecord>,
+    /// The room's newest position when the history was read.
+    pub position: Position,
+    /// Present when `since` was given: whether every event after it could
+    /// be returned (PROTOCOL.md §1.5).
+    pub recovered: Option<bool>,
+}
+
+/// Receives what the broker delivers to one gateway node. Called from the
+/// broker's delivery context: implementations must not block or await.
+pub trait FeedSink: Send + Sync + 'static {
+    /// A room event, in offset order per room.
+    fn on_event(&self, room: &RoomName, epoch: &str, record: &EventRecord);
+    /// A message outside the offset sequence (member events); `exclude` is
+    /// the connection it must not be sent to.
+    fn on_transient(&self, room: &RoomName, frame: &Bytes, exclude: Option<&str>);
+    /// Continuity in `room` was lost; clients must refetch and continue
+    /// from `position`.
+    fn on_resync(&self, room: &RoomName, position: &Position);
+}
+
+/// A node's subscription to room channels.
+#[async_trait]
+pub trait Feed: Send + Sync {
+    /// Starts delivering `room`'s events to this feed's sink. When this
+    /// returns, every event published afterwards will be delivered.
+    async fn subscribe(&self, room: &RoomName) -> Result<(), BrokerError>;
+    /// Stops delivering `room`'s events.
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError>;
+}
+
+/// The broker contract, kept by every engine.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Appends the event to the room's history and delivers it to every
+    /// subscribed node; returns the event's position.
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Position, BrokerError>;
+
+    /// The room's newest position (creating its epoch at first use).
+    async fn position(&self, room: &RoomName, retention: Retention) -> Result<Position, BrokerError>;
+
+    /// Reads history (PROTOCOL.md §1.5): never beyond the newest
+    /// `retention.history_size` events.
+    async fn history(
+        &self,
+        room: &RoomName,
+        retention: Retention,
+        query: HistoryQuery,
+    ) -> Result<HistoryRange, BrokerError>;
+
+    /// Delivers a frame outside the offset sequence to the room's members.
+    async fn publish_transient(
+        &self,
+        room: &RoomName,
+        frame: Bytes,
+        exclude: Option<&str>,
+    ) -> Result<(), BrokerError>;
+
+    /// Records that connection `conn` of `user` is in `room`; true when it is
+    /// the user's first connection there.
+    async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError>;
+
+    /// Forgets connection `conn` of `user` in `room`; true when it was the
+    /// user's last connection there.
+    async fn presence_leave(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError>;
+
+    /// The room's members, with their connection counts.
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceMember>, BrokerError>;
+
+    /// Attaches a node: its sink receives what its feed subscribes to.
+    fn attach(&self, sink: Arc<dyn FeedSink>) -> Arc<dyn Feed>;
+
+    /// Succeeds when the broker is reachable (readiness).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}
+
+/// Serializes an event frame once; engines store and deliver these bytes.
+pub fn event_frame(req: &PublishRequest<'_>, offset: u64, epoch: &str, ts: u64) -> Bytes {
+    herald_common::protocol::ServerFrame::Event {
+        room: req.room.as_str(),
+        event: req.event,
+        data: req.data,
+        offset,
+        epoch,
+        ts,
+        notification: req.notification,
+    }
+    .to_bytes()
+}

@@ -1,0 +1,528 @@
+//! The memory engine: the embedded broker of `herald standalone`.
+//!
+//! Rooms live in a sharded map. A publish takes its room's shard lock,
+//! assigns the next offset, appends to the bounded history and hands the
+//! frame to every subscribed sink before releasing the lock, so every sink
+//! sees a room's events in offset order with no gap. Sinks never block
+//! (the gateway's fan-out only enqueues), so the lock is held briefly.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_common::policy::Retention;
+use herald_common::protocol::{Position, PresenceMember};
+use herald_common::rooms::RoomName;
+
+use crate::{
+    Broker, BrokerError, EventRecord, Feed, FeedSink, HistoryQuery, HistoryRange, PublishRequest, event_frame,
+};
+
+const SHARDS: usize = 32;
+/// How often idle rooms are swept out of memory.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// One room's offsets, history and subscribers.
+struct RoomState {
+    epoch: Arc<str>,
+    /// The newest offset of this epoch (0 before the first event).
+    newest: u64,
+    history: VecDeque<(Instant, EventRecord)>,
+    /// Metadata lives until this instant; a publish pushes it forward.
+    meta_expires: Instant,
+    subscribers: Vec<(u64, Arc<dyn FeedSink>)>,
+}
+
+impl RoomState {
+    fn new(retention: Retention, now: Instant) -> Self {
+        Self {
+            epoch: Arc::from(herald_common::random_hex(8)),
+            newest: 0,
+            history: VecDeque::new(),
+            meta_expires: now + Duration::from_secs(retention.meta_ttl_s),
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            offset: self.newest,
+            epoch: self.epoch.to_string(),
+        }
+    }
+
+    /// Applies expiry: events older than the history TTL leave; a room
+    /// whose metadata expired starts a new epoch, and its live subscribers
+    /// are told to resync rather than see offsets restart silently.
+    fn expire(&mut self, room: &RoomName, retention: Retention, now: Instant) {
+        if now >= self.meta_expires {
+            self.epoch = Arc::from(herald_common::random_hex(8));
+            self.newest = 0;
+            self.history.clear();
+            self.meta_expires = now + Duration::from_secs(retention.meta_ttl_s);
+            let position = self.position();
+            for (_, sink) in &self.subscribers {
+                sink.on_resync(room, &position);
+            }
+        }
+        let ttl = Duration::from_secs(retention.history_ttl_s);
+        while let Some((at, _)) = self.history.front() {
+            if now.duration_since(*at) >= ttl {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+        while self.history.len() > retention.history_size as usize {
+            self.history.pop_front();
+        }
+    }
+
+    /// The oldest offset still in history, if any.
+    fn oldest(&self) -> Option<u64> {
+        self.history.front().map(|(_, r)| r.offset)
+    }
+}
+
+type PresenceMap = HashMap<RoomName, HashMap<String, HashMap<String, ()>>>;
+
+struct Inner {
+    shards: Vec<Mutex<HashMap<RoomName, RoomState>>>,
+    presence: Mutex<PresenceMap>,
+    next_feed: AtomicU64,
+}
+
+/// The embedded single-process broker.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a broker lock leaves plain data behind that is
+    // still consistent enough to serve; do not cascade the panic.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryBroker {
+    /// Creates the broker; inside a tokio runtime it also starts a sweeper
+    /// that drops rooms whose metadata expired and that nobody subscribes.
+    pub fn new() -> Self {
+        let inner = Arc::new(Inner {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: Mutex::new(HashMap::new()),
+            next_feed: AtomicU64::new(1),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+
+    fn shard(&self, room: &RoomName) -> MutexGuard<'_, HashMap<RoomName, RoomState>> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        lock(&self.inner.shards[h.finish() as usize % SHARDS])
+    }
+
+    /// Runs `f` on the room's state, created and expired as needed.
+    fn with_room<T>(&self, room: &RoomName, retention: Retention, f: impl FnOnce(&mut RoomState) -> T) -> T {
+        let now = Instant::now();
+        let mut shard = self.shard(room);
+        let state = shard
+            .entry(room.clone())
+            .or_insert_with(|| RoomState::new(retention, now));
+        state.expire(room, retention, now);
+        f(state)
+    }
+}
+
+async fn sweep(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        for shard in &inner.shards {
+            lock(shard).retain(|_, s| !s.subscribers.is_empty() || now < s.meta_expires);
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Position, BrokerError> {
+        let ts = herald_common::now_ms();
+        Ok(self.with_room(req.room, req.retention, |state| {
+            let now = Instant::now();
+            state.newest += 1;
+            state.meta_expires = now + Duration::from_secs(req.retention.meta_ttl_s);
+            let record = EventRecord {
+                offset: state.newest,
+                ts,
+                frame: event_frame(&req, state.newest, &state.epoch, ts),
+            };
+            for (_, sink) in &state.subscribers {
+                sink.on_event(req.room, &state.epoch, &record);
+            }
+            state.history.push_back((now, record));
+            if state.history.len() > req.retention.history_size as usize {
+                state.history.pop_front();
+            }
+            state.position()
+        }))
+    }
+
+    async fn position(&self, room: &RoomName, retention: Retention) -> Result<Position, BrokerError> {
+        Ok(self.with_room(room, retention, |state| state.position()))
+    }
+
+    async fn history(
+        &self,
+        room: &RoomName,
+        retention: Retention,
+        query: HistoryQuery,
+    ) -> Result<HistoryRange, BrokerError> {
+        Ok(self.with_room(room, retention, |state| {
+            let position = state.position();
+            let records = |from_offset: u64, limit: usize| -> Vec<EventRecord> {
+                state
+                    .history
+                    .iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| r.offset > from_offset)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            };
+            match query.since {
+                None => {
+                    let skip = state.history.len().saturating_sub(query.limit);
+                    HistoryRange {
+                        events: state.history.iter().skip(skip).map(|(_, r)| r.clone()).collect(),
+                        position,
+                        recovered: None,
+                    }
+                }
+                Some(since) => {
+                    let recoverable = since.epoch == *state.epoch
+                        && since.offset <= state.newest
+                        && (since.offset == state.newest
+                            || state.oldest().is_some_and(|oldest| oldest <= since.offset + 1));
+                    HistoryRange {
+                        events: if recoverable {
+                            records(since.offset, query.limit)
+                        } else {
+                            Vec::new()
+                        },
+                        position,
+                        recovered: Some(recoverable),
+                    }
+                }
+            }
+        }))
+    }
+
+    async fn publish_transient(
+        &self,
+        room: &RoomName,
+        frame: Bytes,
+        exclude: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let shard = self.shard(room);
+        if let Some(state) = shard.get(room) {
+            for (_, sink) in &state.subscribers {
+                sink.on_transient(room, &frame, exclude);
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError> {
+        let mut presence = lock(&self.inner.presence);
+        let users = presence.entry(room.clone()).or_default();
+        let conns = users.entry(user.to_string()).or_default();
+        let first = conns.is_empty();
+        conns.insert(conn.to_string(), ());
+        Ok(first)
+    }
+
+    async fn presence_leave(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError> {
+        let mut presence = lock(&self.inner.presence);
+        let Some(users) = presence.get_mut(room) else {
+            return Ok(false);
+        };
+        let Some(conns) = users.get_mut(user) else {
+            return Ok(false);
+        };
+        let removed = conns.remove(conn).is_some();
+        let last = removed && conns.is_empty();
+        if conns.is_empty() {
+            users.remove(user);
+        }
+        if users.is_empty() {
+            presence.remove(room);
+        }
+        Ok(last)
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<PresenceMember>, BrokerError> {
+        let presence = lock(&self.inner.presence);
+        let mut members: Vec<PresenceMember> = presence
+            .get(room)
+            .map(|users| {
+                users
+                    .iter()
+                    .map(|(user, conns)| PresenceMember {
+                        user: user.clone(),
+                        conns: conns.len() as u32,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(members)
+    }
+
+    fn attach(&self, sink: Arc<dyn FeedSink>) -> Arc<dyn Feed> {
+        Arc::new(MemoryFeed {
+            broker: self.clone(),
+            id: self.inner.next_feed.fetch_add(1, Ordering::Relaxed),
+            sink,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// A node's subscription on the memory engine.
+struct MemoryFeed {
+    broker: MemoryBroker,
+    id: u64,
+    sink: Arc<dyn FeedSink>,
+}
+
+#[async_trait]
+impl Feed for MemoryFeed {
+    async fn subscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
+        let mut shard = self.broker.shard(room);
+        // The room's retention is not known here; a fresh room gets the
+        // longest-lived default and the first publish or read corrects it.
+        let state = shard.entry(room.clone()).or_insert_with(|| {
+            RoomState::new(
+                herald_common::policy::RoomPolicy::default().retention,
+                Instant::now(),
+            )
+        });
+        if !state.subscribers.iter().any(|(id, _)| *id == self.id) {
+            state.subscribers.push((self.id, self.sink.clone()));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
+        if let Some(state) = self.broker.shard(room).get_mut(room) {
+            state.subscribers.retain(|(id, _)| *id != self.id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn retention(size: u32) -> Retention {
+        Retention {
+            history_size: size,
+            history_ttl_s: 300,
+            meta_ttl_s: 86_400,
+        }
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::new(name).unwrap()
+    }
+
+    async fn publish(b: &MemoryBroker, r: &RoomName, size: u32, n: u64) -> Position {
+        let data = RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
+        b.publish(PublishRequest {
+            room: r,
+            event: "e",
+            data: &data,
+            retention: retention(size),
+            notification: None,
+        })
+        .await
+        .unwrap()
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, u64)>>);
+    impl FeedSink for Recorder {
+        fn on_event(&self, room: &RoomName, _epoch: &str, record: &EventRecord) {
+            lock(&self.0).push((room.to_string(), record.offset));
+        }
+        fn on_transient(&self, _room: &RoomName, _frame: &Bytes, _exclude: Option<&str>) {}
+        fn on_resync(&self, _room: &RoomName, _position: &Position) {}
+    }
+
+    #[tokio::test]
+    async fn offsets_are_contiguous_and_delivered_in_order() {
+        let b = MemoryBroker::new();
+        let r = room("r");
+        let rec = Arc::new(Recorder::default());
+        let feed = b.attach(rec.clone());
+        feed.subscribe(&r).await.unwrap();
+        let first = publish(&b, &r, 10, 1).await;
+        for n in 2..=5 {
+            publish(&b, &r, 10, n).await;
+        }
+        assert_eq!(first.offset, 1);
+        let got: Vec<u64> = lock(&rec.0).iter().map(|(_, o)| *o).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+        feed.unsubscribe(&r).await.unwrap();
+        publish(&b, &r, 10, 6).await;
+        assert_eq!(lock(&rec.0).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn history_since_recovers_only_within_the_window() {
+        let b = MemoryBroker::new();
+        let r = room("h");
+        for n in 1..=10 {
+            publish(&b, &r, 4, n).await;
+        }
+        let pos = b.position(&r, retention(4)).await.unwrap();
+        assert_eq!(pos.offset, 10);
+        let since = |offset| HistoryQuery {
+            since: Some(Position {
+                offset,
+                epoch: pos.epoch.clone(),
+            }),
+            limit: usize::MAX,
+        };
+        let ok = b.history(&r, retention(4), since(6)).await.unwrap();
+        assert_eq!(ok.recovered, Some(true));
+        assert_eq!(
+            ok.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
+        let too_old = b.history(&r, retention(4), since(5)).await.unwrap();
+        assert_eq!(too_old.recovered, Some(false));
+        assert!(too_old.events.is_empty());
+        let up_to_date = b.history(&r, retention(4), since(10)).await.unwrap();
+        assert_eq!((up_to_date.recovered, up_to_date.events.len()), (Some(true), 0));
+        let future = b.history(&r, retention(4), since(11)).await.unwrap();
+        assert_eq!(future.recovered, Some(false));
+        let other_epoch = HistoryQuery {
+            since: Some(Position {
+                offset: 8,
+                epoch: "other".into(),
+            }),
+            limit: 10,
+        };
+        assert_eq!(
+            b.history(&r, retention(4), other_epoch).await.unwrap().recovered,
+            Some(false)
+        );
+        let newest = b
+            .history(
+                &r,
+                retention(4),
+                HistoryQuery {
+                    since: None,
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+    }
+
+    #[tokio::test]
+    async fn smaller_window_applies_even_if_more_is_stored() {
+        let b = MemoryBroker::new();
+        let r = room("w");
+        for n in 1..=10 {
+            publish(&b, &r, 10, n).await;
+        }
+        let epoch = b.position(&r, retention(10)).await.unwrap().epoch;
+        let q = HistoryQuery {
+            since: Some(Position { offset: 2, epoch }),
+            limit: usize::MAX,
+        };
+        assert_eq!(
+            b.history(&r, retention(3), q).await.unwrap().recovered,
+            Some(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_counts_connections_per_user() {
+        let b = MemoryBroker::new();
+        let r = room("p");
+        assert!(b.presence_join(&r, "alice", "c1").await.unwrap());
+        assert!(!b.presence_join(&r, "alice", "c2").await.unwrap());
+        assert!(b.presence_join(&r, "bob", "c3").await.unwrap());
+        let list = b.presence(&r).await.unwrap();
+        assert_eq!(
+            list,
+            vec![
+                PresenceMember {
+                    user: "alice".into(),
+                    conns: 2
+                },
+                PresenceMember {
+                    user: "bob".into(),
+                    conns: 1
+                },
+            ]
+        );
+        assert!(!b.presence_leave(&r, "alice", "c1").await.unwrap());
+        assert!(b.presence_leave(&r, "alice", "c2").await.unwrap());
+        assert!(!b.presence_leave(&r, "alice", "c2").await.unwrap());
+        assert_eq!(b.presence(&r).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_metadata_starts_a_new_epoch() {
+        let b = MemoryBroker::new();
+        let r = room("x");
+        let short = Retention {
+            history_size: 5,
+            history_ttl_s: 0,
+            meta_ttl_s: 0,
+        };
+        let data = RawValue::from_string("1".into()).unwrap();
+        let req = PublishRequest {
+            room: &r,
+            event: "e",
+            data: &data,
+            retention: short,
+            notification: None,
+        };
+        let a = b.publish(req).await.unwrap();
+        let c = b.publish(req).await.unwrap();
+        assert_eq!((a.offset, c.offset), (1, 1));
+        assert_ne!(a.epoch, c.epoch);
+    }
+}
