@@ -84,13 +84,19 @@ pub trait FeedSink: Send + Sync + 'static {
 }
 
 /// A node's subscription to room channels.
+///
+/// Interest is declared synchronously (the gateway's hub calls
+/// [`set_interest`](Feed::set_interest) under its own lock, so the order of
+/// declarations is the order of joins and leaves); the engine reconciles its
+/// real subscriptions in the background, and
+/// [`wait_subscribed`](Feed::wait_subscribed) tells when a room is live.
 #[async_trait]
 pub trait Feed: Send + Sync {
-    /// Starts delivering `room`'s events to this feed's sink. When this
-    /// returns, every event published afterwards will be delivered.
-    async fn subscribe(&self, room: &RoomName) -> Result<(), BrokerError>;
-    /// Stops delivering `room`'s events.
-    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError>;
+    /// Declares whether this node wants `room`'s events. Must not block.
+    fn set_interest(&self, room: &RoomName, interested: bool);
+    /// Resolves once every event published from now on in `room` will be
+    /// delivered to this feed's sink.
+    async fn wait_subscribed(&self, room: &RoomName) -> Result<(), BrokerError>;
 }
 
 /// The broker contract, kept by every engine.

@@ -9,8 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,7 +26,7 @@ const SHARDS: usize = 32;
 /// How often idle rooms are swept out of memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// One room's offsets, history and subscribers.
+/// One room's epoch, offsets and history.
 struct RoomState {
     epoch: Arc<str>,
     /// The newest offset of this epoch (0 before the first event).
@@ -35,7 +34,6 @@ struct RoomState {
     history: VecDeque<(Instant, EventRecord)>,
     /// Metadata lives until this instant; a publish pushes it forward.
     meta_expires: Instant,
-    subscribers: Vec<(u64, Arc<dyn FeedSink>)>,
 }
 
 impl RoomState {
@@ -45,7 +43,6 @@ impl RoomState {
             newest: 0,
             history: VecDeque::new(),
             meta_expires: now + Duration::from_secs(retention.meta_ttl_s),
-            subscribers: Vec::new(),
         }
     }
 
@@ -57,18 +54,11 @@ impl RoomState {
     }
 
     /// Applies expiry: events older than the history TTL leave; a room
-    /// whose metadata expired starts a new epoch, and its live subscribers
-    /// are told to resync rather than see offsets restart silently.
-    fn expire(&mut self, room: &RoomName, retention: Retention, now: Instant) {
+    /// whose metadata expired starts a new epoch. (Gateways notice the new
+    /// epoch on its first event and resync their members.)
+    fn expire(&mut self, retention: Retention, now: Instant) {
         if now >= self.meta_expires {
-            self.epoch = Arc::from(herald_common::random_hex(8));
-            self.newest = 0;
-            self.history.clear();
-            self.meta_expires = now + Duration::from_secs(retention.meta_ttl_s);
-            let position = self.position();
-            for (_, sink) in &self.subscribers {
-                sink.on_resync(room, &position);
-            }
+            *self = RoomState::new(retention, now);
         }
         let ttl = Duration::from_secs(retention.history_ttl_s);
         while let Some((at, _)) = self.history.front() {
@@ -94,7 +84,8 @@ type PresenceMap = HashMap<RoomName, HashMap<String, HashMap<String, ()>>>;
 struct Inner {
     shards: Vec<Mutex<HashMap<RoomName, RoomState>>>,
     presence: Mutex<PresenceMap>,
-    next_feed: AtomicU64,
+    /// Every attached node's sink.
+    sinks: RwLock<Vec<Arc<dyn FeedSink>>>,
 }
 
 /// The embedded single-process broker.
@@ -122,7 +113,7 @@ impl MemoryBroker {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: Mutex::new(HashMap::new()),
-            next_feed: AtomicU64::new(1),
+            sinks: RwLock::new(Vec::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep(Arc::downgrade(&inner)));
@@ -136,6 +127,10 @@ impl MemoryBroker {
         lock(&self.inner.shards[h.finish() as usize % SHARDS])
     }
 
+    fn sinks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<dyn FeedSink>>> {
+        self.inner.sinks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` on the room's state, created and expired as needed.
     fn with_room<T>(&self, room: &RoomName, retention: Retention, f: impl FnOnce(&mut RoomState) -> T) -> T {
         let now = Instant::now();
@@ -143,7 +138,7 @@ impl MemoryBroker {
         let state = shard
             .entry(room.clone())
             .or_insert_with(|| RoomState::new(retention, now));
-        state.expire(room, retention, now);
+        state.expire(retention, now);
         f(state)
     }
 }
@@ -156,7 +151,7 @@ async fn sweep(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
         for shard in &inner.shards {
-            lock(shard).retain(|_, s| !s.subscribers.is_empty() || now < s.meta_expires);
+            lock(shard).retain(|_, s| now < s.meta_expires);
         }
     }
 }
@@ -174,7 +169,7 @@ impl Broker for MemoryBroker {
                 ts,
                 frame: event_frame(&req, state.newest, &state.epoch, ts),
             };
-            for (_, sink) in &state.subscribers {
+            for sink in self.sinks().iter() {
                 sink.on_event(req.room, &state.epoch, &record);
             }
             state.history.push_back((now, record));
@@ -241,11 +236,11 @@ impl Broker for MemoryBroker {
         frame: Bytes,
         exclude: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let shard = self.shard(room);
-        if let Some(state) = shard.get(room) {
-            for (_, sink) in &state.subscribers {
-                sink.on_transient(room, &frame, exclude);
-            }
+        // Taken under the room's lock so a member event is ordered with the
+        // room's events the same way for every sink.
+        let _room = self.shard(room);
+        for sink in self.sinks().iter() {
+            sink.on_transient(room, &frame, exclude);
         }
         Ok(())
     }
@@ -297,11 +292,12 @@ impl Broker for MemoryBroker {
     }
 
     fn attach(&self, sink: Arc<dyn FeedSink>) -> Arc<dyn Feed> {
-        Arc::new(MemoryFeed {
-            broker: self.clone(),
-            id: self.inner.next_feed.fetch_add(1, Ordering::Relaxed),
-            sink,
-        })
+        self.inner
+            .sinks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sink);
+        Arc::new(MemoryFeed)
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
@@ -310,34 +306,18 @@ impl Broker for MemoryBroker {
 }
 
 /// A node's subscription on the memory engine.
-struct MemoryFeed {
-    broker: MemoryBroker,
-    id: u64,
-    sink: Arc<dyn FeedSink>,
-}
+///
+/// Every attached sink receives every room's events: the gateway's hub
+/// ignores rooms it has no members in with one map lookup, which is cheaper
+/// than keeping a second subscription table here, and it keeps the broker's
+/// lock (held while delivering) from ever being taken under the hub's.
+struct MemoryFeed;
 
 #[async_trait]
 impl Feed for MemoryFeed {
-    async fn subscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
-        let mut shard = self.broker.shard(room);
-        // The room's retention is not known here; a fresh room gets the
-        // longest-lived default and the first publish or read corrects it.
-        let state = shard.entry(room.clone()).or_insert_with(|| {
-            RoomState::new(
-                herald_common::policy::RoomPolicy::default().retention,
-                Instant::now(),
-            )
-        });
-        if !state.subscribers.iter().any(|(id, _)| *id == self.id) {
-            state.subscribers.push((self.id, self.sink.clone()));
-        }
-        Ok(())
-    }
+    fn set_interest(&self, _room: &RoomName, _interested: bool) {}
 
-    async fn unsubscribe(&self, room: &RoomName) -> Result<(), BrokerError> {
-        if let Some(state) = self.broker.shard(room).get_mut(room) {
-            state.subscribers.retain(|(id, _)| *id != self.id);
-        }
+    async fn wait_subscribed(&self, _room: &RoomName) -> Result<(), BrokerError> {
         Ok(())
     }
 }
@@ -388,7 +368,8 @@ mod tests {
         let r = room("r");
         let rec = Arc::new(Recorder::default());
         let feed = b.attach(rec.clone());
-        feed.subscribe(&r).await.unwrap();
+        feed.set_interest(&r, true);
+        feed.wait_subscribed(&r).await.unwrap();
         let first = publish(&b, &r, 10, 1).await;
         for n in 2..=5 {
             publish(&b, &r, 10, n).await;
@@ -396,9 +377,6 @@ mod tests {
         assert_eq!(first.offset, 1);
         let got: Vec<u64> = lock(&rec.0).iter().map(|(_, o)| *o).collect();
         assert_eq!(got, vec![1, 2, 3, 4, 5]);
-        feed.unsubscribe(&r).await.unwrap();
-        publish(&b, &r, 10, 6).await;
-        assert_eq!(lock(&rec.0).len(), 5);
     }
 
     #[tokio::test]
