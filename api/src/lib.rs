@@ -1,1 +1,177 @@
-//! placeholder
+//! Herald's HTTP API for application back ends (PROTOCOL.md §2): the `/v1`
+//! routes, wired here.
+//!
+//! [`Api::handle`] answers one request: it resolves the path to an endpoint
+//! (for the metrics label), checks the API key, then the method, then runs
+//! the endpoint. Authentication comes before routing so that a caller
+//! without a valid key learns nothing about which paths exist. Every answer
+//! is JSON, every failure `{"error":{"code","message"}}`; nothing a client
+//! sends can make the API panic or answer 500.
+//!
+//! Modules: `auth` (API keys), `body` (bounded JSON bodies), `error` (the
+//! error type and JSON responses), `router` (paths to endpoints), `publish`
+//! (publish, broadcast), `rooms` (history, presence).
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use herald_broker::Broker;
+use herald_common::config::Config;
+use herald_common::policy::Policies;
+use herald_common::protocol::ErrorCode;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Body;
+
+mod auth;
+mod body;
+mod error;
+mod publish;
+mod rooms;
+mod router;
+
+#[cfg(test)]
+mod tests;
+
+use error::ApiError;
+use router::Endpoint;
+
+/// What the API needs from the configuration.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// Accepted API keys (`api.keys`, `HERALD_API_KEYS`). Empty: every
+    /// request is refused.
+    pub keys: Vec<String>,
+    /// Largest request body accepted (`api.max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// Room policies, for each room's retention.
+    pub policies: Policies,
+}
+
+impl ApiSettings {
+    /// The settings of a loaded configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            keys: config.api.keys.clone(),
+            max_body_bytes: config.api.max_body_bytes,
+            policies: Policies::new(&config.rooms),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never reach a log line, even through `{:?}`.
+        f.debug_struct("ApiSettings")
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared by every clone of [`Api`] and passed to the endpoint handlers.
+pub(crate) struct State {
+    pub keys: Vec<String>,
+    pub max_body_bytes: usize,
+    pub policies: Policies,
+    pub broker: Arc<dyn Broker>,
+}
+
+/// The `/v1` API. Clones share one state.
+#[derive(Clone)]
+pub struct Api {
+    state: Arc<State>,
+}
+
+impl Api {
+    pub fn new(settings: ApiSettings, broker: Arc<dyn Broker>) -> Self {
+        // A presented key never has surrounding whitespace (header values
+        // are trimmed), so a configured key with some could never match;
+        // `HERALD_API_KEYS="a, b"` or `""` should mean what it looks like.
+        let keys = settings
+            .keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Self {
+            state: Arc::new(State {
+                keys,
+                max_body_bytes: settings.max_body_bytes,
+                policies: settings.policies,
+                broker,
+            }),
+        }
+    }
+
+    /// Handles a request whose path starts with `/v1`.
+    ///
+    /// The body bound is the one [`http_body_util::Limited`] needs; it holds
+    /// for `hyper::body::Incoming` and for `Full<Bytes>`.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let resolved = router::resolve(parts.uri.path());
+        let route = resolved.map_or(router::UNMATCHED, |(endpoint, _)| endpoint.pattern());
+
+        let response = match self.dispatch(&parts, resolved, body).await {
+            Ok(response) => response,
+            Err(e) => {
+                let status = e.status.as_u16();
+                if e.status.is_server_error() {
+                    tracing::warn!(route, status, message = %e.message, "API request failed");
+                } else {
+                    tracing::debug!(route, status, message = %e.message, "API request refused");
+                }
+                e.into_response()
+            }
+        };
+
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("herald_api_requests_total", "route" => route, "status" => status).increment(1);
+        metrics::histogram!("herald_api_request_duration_seconds", "route" => route)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn dispatch<B>(
+        &self,
+        parts: &Parts,
+        resolved: Option<(Endpoint, Option<&str>)>,
+        body: B,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn Error + Send + Sync>>,
+    {
+        let state = &*self.state;
+        auth::authorize(&parts.headers, &state.keys)?;
+        let Some((endpoint, room)) = resolved else {
+            // The path is echoed to help find the typo, but never at length.
+            let path: String = parts.uri.path().chars().take(100).collect();
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no API endpoint at {path}"),
+            ));
+        };
+        if parts.method != endpoint.method() {
+            return Err(ApiError::method_not_allowed(endpoint.allow()));
+        }
+        // `resolve` returns a room for exactly the room endpoints.
+        let room = room.unwrap_or_default();
+        match endpoint {
+            Endpoint::Publish => publish::publish(state, &parts.headers, body).await,
+            Endpoint::Broadcast => publish::broadcast(state, &parts.headers, body).await,
+            Endpoint::History => rooms::history(state, room, parts.uri.query()).await,
+            Endpoint::Presence => rooms::presence(state, room).await,
+        }
+    }
+}
