@@ -1,1 +1,180 @@
-fn main() {}
+//! `herald`: the one binary. Parses the command line, loads configuration
+//! and wires the crates together; the work itself lives in the crates.
+
+mod cli;
+mod server;
+mod settings;
+mod telemetry;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use herald_api::{Api, ApiSettings};
+use herald_broker::{Broker, MemoryBroker};
+use herald_common::auth::{JwtVerifier, WireClaims};
+use herald_common::config::Config;
+use herald_gateway::{Gateway, GatewaySettings};
+use herald_store::Store;
+
+use crate::cli::{Cli, Command, ServeArgs, TokenArgs};
+
+const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole chain: what failed and why.
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = settings::load(&cli)?;
+    match cli.command {
+        None => standalone(config, ServeArgs::default()).await,
+        Some(Command::Standalone(args)) => standalone(config, args).await,
+        Some(Command::Gateway(_)) | Some(Command::Api(_)) => bail!(
+            "cluster mode (herald gateway / herald api) needs the Redis engine, which this build does not \
+             have yet; run `herald standalone`"
+        ),
+        Some(Command::Token(args)) => token(config, args),
+    }
+}
+
+/// Applies the serving flags over the configuration.
+fn apply_serve_args(config: &mut Config, args: &ServeArgs) {
+    if let Some(addr) = &args.addr {
+        config.node.addr = Some(addr.clone());
+    }
+    if let Some(id) = &args.node_id {
+        config.node.id = Some(id.clone());
+    }
+}
+
+async fn standalone(mut config: Config, args: ServeArgs) -> Result<()> {
+    apply_serve_args(&mut config, &args);
+    telemetry::init_logs(config.node.log_format);
+    let development = settings::ensure_secrets(&mut config)?;
+    let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
+    let verifier = Arc::new(JwtVerifier::new(&config.auth).context("invalid [auth] configuration")?);
+    let policies = Arc::new(config.policies());
+    let node_id = settings::node_id(&config);
+
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
+    let database_url = config
+        .store
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&config.node.data_dir.join("herald.db")));
+    let store = Store::connect(&database_url).await?;
+
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let gateway = Gateway::new(
+        GatewaySettings {
+            node_id: node_id.clone(),
+            config: config.gateway.clone(),
+            verifier,
+            policies: policies.clone(),
+        },
+        broker.clone(),
+    );
+    let api = Api::new(
+        ApiSettings {
+            keys: config.api.keys.clone(),
+            max_body_bytes: config.api.max_body_bytes,
+            policies: (*policies).clone(),
+        },
+        broker.clone(),
+    );
+
+    let addr = config
+        .node
+        .addr
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string());
+    let listener = server::bind(&addr).await?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
+    tracing::info!(node = %node_id, addr = %local, "herald standalone started");
+    // One stable line on stdout that scripts and tests can wait for.
+    println!("herald: listening on http://{local}");
+    if development {
+        print_quickstart(&config, local)?;
+    }
+
+    server::serve(
+        listener,
+        server::Node {
+            gateway: Some(gateway),
+            api: Some(api),
+            broker,
+            store: Some(store),
+            metrics,
+            drain: Duration::from_millis(config.gateway.drain_ms),
+        },
+    )
+    .await
+}
+
+/// Prints a ready-to-paste session for generated development credentials.
+fn print_quickstart(config: &Config, addr: std::net::SocketAddr) -> Result<()> {
+    let token = herald_common::auth::mint(
+        &config.auth,
+        &WireClaims {
+            sub: "alice".into(),
+            exp: herald_common::auth::now_s() + 3600,
+            roles: Vec::new(),
+            rooms: vec!["demo:*".into()],
+            publish: Vec::new(),
+        },
+    )?;
+    let key = config.api.keys.first().map(String::as_str).unwrap_or_default();
+    println!(
+        "\nDevelopment credentials were generated in {dir} (configure your own for production).\n\
+         Connect (a token for user alice, valid 1 h, may join demo:*):\n\
+         \n  websocat 'ws://{addr}/ws?token={token}'\n  {{\"op\":\"join\",\"id\":1,\"room\":\"demo:lobby\"}}\n\
+         \nPublish:\n\
+         \n  curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\\n    \
+         -d '{{\"room\":\"demo:lobby\",\"event\":\"hello\",\"data\":{{\"text\":\"hi\"}}}}' http://{addr}/v1/publish\n\
+         \nMore tokens: herald token --sub bob --rooms 'demo:*' --ttl 1h\n",
+        dir = config.node.data_dir.display(),
+    );
+    Ok(())
+}
+
+/// `herald token`: prints a token signed with the configured secret.
+fn token(mut config: Config, args: TokenArgs) -> Result<()> {
+    settings::ensure_secrets(&mut config)?;
+    let ttl = cli::parse_ttl(&args.ttl).map_err(anyhow::Error::msg)?;
+    let claims = WireClaims {
+        sub: args.sub,
+        exp: herald_common::auth::now_s() + ttl,
+        roles: args.roles,
+        rooms: args.rooms,
+        publish: args.publish,
+    };
+    // Refuse a token the gateway would refuse anyway.
+    if claims.sub.is_empty() || herald_common::rooms::RoomName::user(&claims.sub).is_err() {
+        bail!("--sub must be 1-190 bytes of A-Z a-z 0-9 _ . : @ -");
+    }
+    for pattern in claims.rooms.iter().chain(&claims.publish) {
+        herald_common::rooms::RoomPattern::parse(pattern)
+            .map_err(|e| anyhow::anyhow!("room pattern {pattern:?}: {e}"))?;
+    }
+    println!("{}", herald_common::auth::mint(&config.auth, &claims)?);
+    Ok(())
+}

@@ -76,6 +76,8 @@ pub enum CloseCode {
     Normal,
     /// 1001: node draining or connection idle; reconnect with jitter and resume.
     GoingAway,
+    /// 1002: the client broke RFC 6455 framing.
+    ProtocolError,
     /// 1009: a message over `max_frame_bytes`.
     TooLarge,
     /// 4001: not authenticated (no or bad `hello`, bad token).
@@ -95,6 +97,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
             CloseCode::TooLarge => 1009,
             CloseCode::Unauthorized => 4001,
             CloseCode::TokenExpired => 4003,

@@ -1,0 +1,385 @@
+//! The local room hub: which connections of this node are in which room,
+//! and the fan-out of the broker's deliveries to them.
+//!
+//! Rooms are spread over shards, each behind its own short-held
+//! `std::sync::Mutex` (never held across an await), so joins in one room
+//! don't contend with fan-out in another. A delivery hands the *same* frame
+//! bytes to every member's queue: serialization happens once, upstream.
+//!
+//! Joining is two-phase so a join with `since` can neither miss nor repeat
+//! an event: the member is first added as *pending* (live events are
+//! buffered for it), the session then reads history and replays it, and
+//! [`Hub::activate`] flushes the buffered events that come after the
+//! replayed position, all under the shard lock.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use herald_broker::{EventRecord, Feed, FeedSink};
+use herald_common::protocol::{Position, ServerFrame};
+use herald_common::rooms::RoomName;
+
+use crate::metrics::GatewayMetrics;
+use crate::outbound::{ConnHandle, Outbound};
+
+const SHARDS: usize = 64;
+
+/// What a pending member missed while its join was in progress.
+enum Buffered {
+    Event {
+        epoch: Arc<str>,
+        offset: u64,
+        ts: u64,
+        frame: Bytes,
+    },
+    Frame(Bytes),
+}
+
+struct Member {
+    conn: Arc<ConnHandle>,
+    /// `Some` while the join is in progress; bounded by the queue size.
+    pending: Option<Vec<Buffered>>,
+}
+
+/// The hub's view of one room.
+#[derive(Default)]
+struct LocalRoom {
+    members: HashMap<u64, Member>,
+    /// Epoch and offset of the last event delivered, to notice a lost
+    /// history (new epoch) or a gap and resync instead of skipping.
+    last: Option<(Arc<str>, u64)>,
+}
+
+/// The node's room membership and fan-out.
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<RoomName, LocalRoom>>]>,
+    feed: std::sync::OnceLock<Arc<dyn Feed>>,
+    /// Cap on events buffered for one pending member.
+    pending_cap: usize,
+    rooms: AtomicI64,
+    metrics: GatewayMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    pub fn new(pending_cap: usize, metrics: GatewayMetrics) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            feed: std::sync::OnceLock::new(),
+            pending_cap,
+            rooms: AtomicI64::new(0),
+            metrics,
+        }
+    }
+
+    /// Connects the hub to the broker feed it was attached with.
+    pub fn set_feed(&self, feed: Arc<dyn Feed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<RoomName, LocalRoom>> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        lock(&self.shards[h.finish() as usize % SHARDS])
+    }
+
+    fn set_interest(&self, room: &RoomName, interested: bool) {
+        if let Some(feed) = self.feed.get() {
+            feed.set_interest(room, interested);
+        }
+        let rooms = if interested {
+            self.rooms.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.rooms.fetch_sub(1, Ordering::Relaxed) - 1
+        };
+        self.metrics.rooms.set(rooms as f64);
+    }
+
+    /// Number of rooms with at least one local member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Phase one of a join: the member is added as pending, so it buffers
+    /// every event delivered from now on.
+    pub fn add_pending(&self, room: &RoomName, conn: &Arc<ConnHandle>) {
+        let mut shard = self.shard(room);
+        let local = shard.entry(room.clone()).or_insert_with(|| {
+            self.set_interest(room, true);
+            LocalRoom::default()
+        });
+        local.members.insert(
+            conn.id,
+            Member {
+                conn: conn.clone(),
+                pending: Some(Vec::new()),
+            },
+        );
+    }
+
+    /// Phase two: queues `reply` (the `joined` frame, if any), then every
+    /// buffered event after `position`, and makes the member live.
+    /// Returns false if the member is gone (it left or was cut meanwhile).
+    pub fn activate(&self, room: &RoomName, conn_id: u64, position: &Position, reply: Option<Bytes>) -> bool {
+        let mut shard = self.shard(room);
+        let Some(member) = shard.get_mut(room).and_then(|r| r.members.get_mut(&conn_id)) else {
+            return false;
+        };
+        let buffered = member.pending.take().unwrap_or_default();
+        if let Some(reply) = reply {
+            member.conn.push(Outbound::Frame(reply));
+        }
+        for item in buffered {
+            match item {
+                Buffered::Event {
+                    epoch,
+                    offset,
+                    ts,
+                    frame,
+                } => {
+                    // Already covered by the replay or the `joined` position.
+                    if *epoch == *position.epoch && offset <= position.offset {
+                        continue;
+                    }
+                    member.conn.push_event(&frame, ts);
+                }
+                Buffered::Frame(frame) => {
+                    member.conn.push(Outbound::Frame(frame));
+                }
+            }
+        }
+        true
+    }
+
+    /// Removes a member; the last member out ends the node's interest.
+    /// Returns true if it was a member.
+    pub fn remove(&self, room: &RoomName, conn_id: u64) -> bool {
+        let mut shard = self.shard(room);
+        let Some(local) = shard.get_mut(room) else {
+            return false;
+        };
+        let removed = local.members.remove(&conn_id).is_some();
+        if local.members.is_empty() {
+            shard.remove(room);
+            self.set_interest(room, false);
+        }
+        removed
+    }
+
+    /// Sends one frame to every live member (pending ones buffer it).
+    fn fan_out(&self, room: &RoomName, item: impl Fn() -> Buffered, exclude: Option<&str>) {
+        let mut shard = self.shard(room);
+        let Some(local) = shard.get_mut(room) else { return };
+        let mut delivered = 0u64;
+        for member in local.members.values_mut() {
+            if exclude.is_some_and(|conn| conn == member.conn.conn_id) {
+                continue;
+            }
+            match &mut member.pending {
+                Some(buffer) => {
+                    if buffer.len() >= self.pending_cap {
+                        member.conn.close(
+                            herald_common::protocol::CloseCode::SlowConsumer,
+                            "slow consumer (join)",
+                        );
+                    } else {
+                        buffer.push(item());
+                    }
+                }
+                None => {
+                    let ok = match item() {
+                        Buffered::Event { ts, frame, .. } => member.conn.push_event(&frame, ts),
+                        Buffered::Frame(frame) => member.conn.push(Outbound::Frame(frame)),
+                    };
+                    delivered += ok as u64;
+                }
+            }
+        }
+        self.metrics.fanout_batch.record(delivered as f64);
+    }
+}
+
+impl FeedSink for Hub {
+    fn on_event(&self, room: &RoomName, epoch: &str, record: &EventRecord) {
+        // Continuity check: a new epoch, or an offset that is not the next
+        // one, means this node lost events; members must resync rather
+        // than silently skip. An offset already delivered is a duplicate.
+        let resync = {
+            let mut shard = self.shard(room);
+            let Some(local) = shard.get_mut(room) else { return };
+            let verdict = match &local.last {
+                Some((e, last)) if **e == *epoch => {
+                    if record.offset <= *last {
+                        return;
+                    }
+                    record.offset != last + 1
+                }
+                Some(_) => true,
+                None => false,
+            };
+            local.last = Some((Arc::from(epoch), record.offset));
+            verdict
+        };
+        self.metrics.broker_events.increment(1);
+        if resync {
+            let position = Position {
+                offset: record.offset - 1,
+                epoch: epoch.to_string(),
+            };
+            self.on_resync(room, &position);
+        }
+        let epoch: Arc<str> = Arc::from(epoch);
+        self.fan_out(
+            room,
+            || Buffered::Event {
+                epoch: epoch.clone(),
+                offset: record.offset,
+                ts: record.ts,
+                frame: record.frame.clone(),
+            },
+            None,
+        );
+    }
+
+    fn on_transient(&self, room: &RoomName, frame: &Bytes, exclude: Option<&str>) {
+        self.fan_out(room, || Buffered::Frame(frame.clone()), exclude);
+    }
+
+    fn on_resync(&self, room: &RoomName, position: &Position) {
+        let frame = ServerFrame::Resync {
+            room: room.as_str(),
+            offset: position.offset,
+            epoch: &position.epoch,
+        }
+        .to_bytes();
+        self.fan_out(room, || Buffered::Frame(frame.clone()), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64) -> EventRecord {
+        EventRecord {
+            offset,
+            ts: 0,
+            frame: Bytes::from(format!("{{\"offset\":{offset}}}")),
+        }
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            let bytes = match item {
+                Outbound::Event { frame, .. } | Outbound::Frame(frame) => frame,
+            };
+            out.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn pending_member_gets_reply_then_only_newer_events() {
+        let hub = Hub::new(16, GatewayMetrics::new());
+        let room = RoomName::new("r").unwrap();
+        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        hub.add_pending(&room, &conn);
+        for offset in 1..=4 {
+            hub.on_event(&room, "e", &record(offset));
+        }
+        assert!(drain(&mut rx).is_empty(), "pending members buffer");
+        let position = Position {
+            offset: 2,
+            epoch: "e".into(),
+        };
+        assert!(hub.activate(&room, 1, &position, Some(Bytes::from_static(b"joined"))));
+        assert_eq!(drain(&mut rx), vec!["joined", "{\"offset\":3}", "{\"offset\":4}"]);
+        hub.on_event(&room, "e", &record(5));
+        hub.on_event(&room, "e", &record(5));
+        assert_eq!(drain(&mut rx), vec!["{\"offset\":5}"], "duplicates are dropped");
+    }
+
+    #[test]
+    fn gap_or_new_epoch_sends_resync_first() {
+        let hub = Hub::new(16, GatewayMetrics::new());
+        let room = RoomName::new("r").unwrap();
+        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        hub.add_pending(&room, &conn);
+        hub.activate(
+            &room,
+            1,
+            &Position {
+                offset: 0,
+                epoch: "e".into(),
+            },
+            None,
+        );
+        hub.on_event(&room, "e", &record(1));
+        hub.on_event(&room, "f", &record(1));
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 3);
+        assert!(
+            got[1].contains("\"op\":\"resync\"") && got[1].contains("\"epoch\":\"f\""),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn transient_frames_skip_the_excluded_connection() {
+        let hub = Hub::new(16, GatewayMetrics::new());
+        let room = RoomName::new("r").unwrap();
+        let (a, mut rx_a) = ConnHandle::new(1, "n.1".into(), 8);
+        let (b, mut rx_b) = ConnHandle::new(2, "n.2".into(), 8);
+        for c in [&a, &b] {
+            hub.add_pending(&room, c);
+            hub.activate(
+                &room,
+                c.id,
+                &Position {
+                    offset: 0,
+                    epoch: "e".into(),
+                },
+                None,
+            );
+        }
+        hub.on_transient(&room, &Bytes::from_static(b"member"), Some("n.1"));
+        assert!(drain(&mut rx_a).is_empty());
+        assert_eq!(drain(&mut rx_b), vec!["member"]);
+        assert!(hub.remove(&room, 1));
+        assert!(hub.remove(&room, 2));
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    #[test]
+    fn slow_member_is_cut_and_others_still_receive() {
+        let hub = Hub::new(16, GatewayMetrics::new());
+        let room = RoomName::new("r").unwrap();
+        let (slow, _rx_slow) = ConnHandle::new(1, "n.1".into(), 2);
+        let (fast, mut rx_fast) = ConnHandle::new(2, "n.2".into(), 64);
+        for c in [&slow, &fast] {
+            hub.add_pending(&room, c);
+            hub.activate(
+                &room,
+                c.id,
+                &Position {
+                    offset: 0,
+                    epoch: "e".into(),
+                },
+                None,
+            );
+        }
+        for offset in 1..=5 {
+            hub.on_event(&room, "e", &record(offset));
+        }
+        assert_eq!(slow.close_signal().reason().map(|r| r.code), Some(4009));
+        assert_eq!(drain(&mut rx_fast).len(), 5);
+    }
+}
