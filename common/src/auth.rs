@@ -310,8 +310,10 @@ mod tests {
 
     #[test]
     fn asymmetric_algorithms_need_a_key() {
-        let mut cfg = AuthConfig::default();
-        cfg.algorithm = "RS256".into();
+        let mut cfg = AuthConfig {
+            algorithm: "RS256".into(),
+            ..AuthConfig::default()
+        };
         assert!(matches!(
             JwtVerifier::new(&cfg),
             Err(KeyError::MissingPublicKey(_))
