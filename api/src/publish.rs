@@ -39,8 +39,8 @@ struct PublishBody {
     room: Option<String>,
     rooms: Option<Vec<String>>,
     event: String,
-    /// `Option` only so that a missing `data` and `"data": null` get the
-    /// same message as on the WebSocket, where a null `data` is missing.
+    /// Any JSON value, `null` included; only an absent field is refused.
+    #[serde(default, deserialize_with = "herald_common::protocol::any_json")]
     data: Option<Box<RawValue>>,
     idempotency_key: Option<String>,
 }
@@ -49,6 +49,7 @@ struct PublishBody {
 #[derive(Deserialize)]
 struct BroadcastBody {
     event: String,
+    #[serde(default, deserialize_with = "herald_common::protocol::any_json")]
     data: Option<Box<RawValue>>,
 }
 
@@ -67,7 +68,7 @@ fn check_event(event: &str) -> Result<(), ApiError> {
 }
 
 fn require_data(data: Option<Box<RawValue>>) -> Result<Box<RawValue>, ApiError> {
-    data.ok_or_else(|| ApiError::bad_request("missing field `data` (any JSON value but null)"))
+    data.ok_or_else(|| ApiError::bad_request("missing field `data`"))
 }
 
 /// The distinct rooms a publish names, validated, in the order given.

@@ -145,6 +145,14 @@ async fn publish_one_room_assigns_increasing_offsets() {
         a.json["positions"]["chat:1"],
         json!({"offset": 2, "epoch": epoch})
     );
+    // `null` is a JSON value like any other.
+    let a = post(
+        &api,
+        "/v1/publish",
+        json!({"room": "chat:1", "event": "msg", "data": null}),
+    )
+    .await;
+    assert_eq!(a.json["positions"]["chat:1"]["offset"], 3, "{}", a.json);
 }
 
 #[tokio::test]
@@ -249,7 +257,6 @@ async fn malformed_bodies_are_bad_requests() {
         (r#"{"room":"a","event":7,"data":1}"#, "invalid type"),
         (r#"{"room":"a","data":1}"#, "missing field `event`"),
         (r#"{"room":"a","event":"e"}"#, "missing field `data`"),
-        (r#"{"room":"a","event":"e","data":null}"#, "missing field `data`"),
         (r#"{"room":"a","event":"","data":1}"#, "event"),
         (r#"{"room":"","event":"e","data":1}"#, "empty"),
         (

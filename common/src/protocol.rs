@@ -154,6 +154,17 @@ pub struct FrameError {
     pub message: String,
 }
 
+/// Deserializes a field that holds any JSON value, `null` included, so that
+/// only an absent field is `None` (use with `#[serde(default)]`).
+pub fn any_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Borrowed form of [`any_json`].
+fn any_json_borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
 /// Every field any client frame may carry; unknown fields are ignored.
 #[derive(Deserialize)]
 struct WireClientFrame<'a> {
@@ -167,9 +178,9 @@ struct WireClientFrame<'a> {
     #[serde(borrow)]
     since: Option<&'a RawValue>,
     event: Option<String>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "any_json_borrowed")]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "any_json_borrowed")]
     t: Option<&'a RawValue>,
 }
 
@@ -419,6 +430,14 @@ mod tests {
     #[test]
     fn ignores_unknown_fields() {
         assert!(ClientFrame::parse(r#"{"op":"ping","future":{"x":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn null_data_is_data_and_absent_data_is_missing() {
+        let f = ClientFrame::parse(r#"{"op":"publish","room":"r","event":"e","data":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Publish { data, .. } if data.get() == "null"));
+        let e = ClientFrame::parse(r#"{"op":"publish","room":"r","event":"e"}"#).unwrap_err();
+        assert_eq!(e.message, "missing field `data`");
     }
 
     #[test]
