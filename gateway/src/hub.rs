@@ -173,10 +173,15 @@ impl Hub {
         removed
     }
 
-    /// Sends one frame to every live member (pending ones buffer it).
+    /// Sends one frame to every member of `room` (pending ones buffer it).
     fn fan_out(&self, room: &RoomName, item: impl Fn() -> Buffered, exclude: Option<&str>) {
         let mut shard = self.shard(room);
-        let Some(local) = shard.get_mut(room) else { return };
+        if let Some(local) = shard.get_mut(room) {
+            self.fan_out_locked(local, item, exclude);
+        }
+    }
+
+    fn fan_out_locked(&self, local: &mut LocalRoom, item: impl Fn() -> Buffered, exclude: Option<&str>) {
         let mut delivered = 0u64;
         for member in local.members.values_mut() {
             if exclude.is_some_and(|conn| conn == member.conn.conn_id) {
@@ -206,38 +211,47 @@ impl Hub {
     }
 }
 
+fn resync_frame(room: &RoomName, position: &Position) -> Bytes {
+    ServerFrame::Resync {
+        room: room.as_str(),
+        offset: position.offset,
+        epoch: &position.epoch,
+    }
+    .to_bytes()
+}
+
 impl FeedSink for Hub {
     fn on_event(&self, room: &RoomName, epoch: &str, record: &EventRecord) {
+        let mut shard = self.shard(room);
+        let Some(local) = shard.get_mut(room) else { return };
         // Continuity check: a new epoch, or an offset that is not the next
         // one, means this node lost events; members must resync rather
         // than silently skip. An offset already delivered is a duplicate.
-        let resync = {
-            let mut shard = self.shard(room);
-            let Some(local) = shard.get_mut(room) else { return };
-            let verdict = match &local.last {
-                Some((e, last)) if **e == *epoch => {
-                    if record.offset <= *last {
-                        return;
-                    }
-                    record.offset != last + 1
+        let gap = match &local.last {
+            Some((e, last)) if **e == *epoch => {
+                if record.offset <= *last {
+                    return;
                 }
-                Some(_) => true,
-                None => false,
-            };
-            local.last = Some((Arc::from(epoch), record.offset));
-            verdict
+                record.offset != last + 1
+            }
+            Some(_) => true,
+            None => false,
         };
-        self.metrics.broker_events.increment(1);
-        if resync {
-            let position = Position {
-                offset: record.offset - 1,
-                epoch: epoch.to_string(),
-            };
-            self.on_resync(room, &position);
-        }
         let epoch: Arc<str> = Arc::from(epoch);
-        self.fan_out(
-            room,
+        local.last = Some((epoch.clone(), record.offset));
+        self.metrics.broker_events.increment(1);
+        if gap {
+            let frame = resync_frame(
+                room,
+                &Position {
+                    offset: record.offset - 1,
+                    epoch: epoch.to_string(),
+                },
+            );
+            self.fan_out_locked(local, || Buffered::Frame(frame.clone()), None);
+        }
+        self.fan_out_locked(
+            local,
             || Buffered::Event {
                 epoch: epoch.clone(),
                 offset: record.offset,
@@ -253,12 +267,7 @@ impl FeedSink for Hub {
     }
 
     fn on_resync(&self, room: &RoomName, position: &Position) {
-        let frame = ServerFrame::Resync {
-            room: room.as_str(),
-            offset: position.offset,
-            epoch: &position.epoch,
-        }
-        .to_bytes();
+        let frame = resync_frame(room, position);
         self.fan_out(room, || Buffered::Frame(frame.clone()), None);
     }
 }
