@@ -13,15 +13,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use herald_api::{Api, ApiSettings};
-use herald_broker::{Broker, MemoryBroker};
+use herald_broker::{Broker, MemoryBroker, RedisBroker};
 use herald_common::auth::{JwtVerifier, WireClaims};
 use herald_common::config::Config;
 use herald_gateway::{Gateway, GatewaySettings};
 use herald_store::Store;
 
 use crate::cli::{Cli, Command, ServeArgs, TokenArgs};
-
-const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,13 +43,39 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let config = settings::load(&cli)?;
     match cli.command {
-        None => standalone(config, ServeArgs::default()).await,
-        Some(Command::Standalone(args)) => standalone(config, args).await,
-        Some(Command::Gateway(_)) | Some(Command::Api(_)) => bail!(
-            "cluster mode (herald gateway / herald api) needs the Redis engine, which this build does not \
-             have yet; run `herald standalone`"
-        ),
+        None => serve(config, Mode::Standalone, ServeArgs::default()).await,
+        Some(Command::Standalone(args)) => serve(config, Mode::Standalone, args).await,
+        Some(Command::Gateway(args)) => serve(config, Mode::Gateway, args).await,
+        Some(Command::Api(args)) => serve(config, Mode::Api, args).await,
         Some(Command::Token(args)) => token(config, args),
+    }
+}
+
+/// What a serving process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Gateway and API, memory broker, SQLite store.
+    Standalone,
+    /// `/ws` only, on the Redis broker.
+    Gateway,
+    /// `/v1` only, on the Redis broker.
+    Api,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Gateway => "gateway",
+            Mode::Api => "api",
+        }
+    }
+
+    fn default_addr(self) -> &'static str {
+        match self {
+            Mode::Api => "127.0.0.1:8081",
+            Mode::Standalone | Mode::Gateway => "127.0.0.1:8080",
+        }
     }
 }
 
@@ -65,51 +89,78 @@ fn apply_serve_args(config: &mut Config, args: &ServeArgs) {
     }
 }
 
-async fn standalone(mut config: Config, args: ServeArgs) -> Result<()> {
+/// The broker of a mode: embedded for standalone, Redis for a cluster.
+async fn broker_for(mode: Mode, config: &Config) -> Result<Arc<dyn Broker>> {
+    if mode == Mode::Standalone {
+        return Ok(Arc::new(MemoryBroker::new()));
+    }
+    let Some(url) = config.redis.url.as_deref() else {
+        bail!(
+            "herald {} needs Redis: set HERALD_REDIS_URL (or [redis] url)",
+            mode.name()
+        );
+    };
+    Ok(Arc::new(RedisBroker::connect(url).await?))
+}
+
+async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
     apply_serve_args(&mut config, &args);
     telemetry::init_logs(config.node.log_format);
-    let development = settings::ensure_secrets(&mut config)?;
+    let development = mode == Mode::Standalone && settings::ensure_secrets(&mut config)?;
+    if mode == Mode::Api && config.api.keys.is_empty() {
+        bail!("herald api needs at least one API key: set HERALD_API_KEYS (or [api] keys)");
+    }
     let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
-    let verifier = Arc::new(JwtVerifier::new(&config.auth).context("invalid [auth] configuration")?);
     let policies = Arc::new(config.policies());
     let node_id = settings::node_id(&config);
 
-    std::fs::create_dir_all(&config.node.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
-    let database_url = config
-        .store
-        .database_url
-        .clone()
-        .unwrap_or_else(|| Store::sqlite_url(&config.node.data_dir.join("herald.db")));
-    let store = Store::connect(&database_url).await?;
+    let store = if mode == Mode::Standalone {
+        std::fs::create_dir_all(&config.node.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
+        let url = config
+            .store
+            .database_url
+            .clone()
+            .unwrap_or_else(|| Store::sqlite_url(&config.node.data_dir.join("herald.db")));
+        Some(Store::connect(&url).await?)
+    } else {
+        None
+    };
+    let broker = broker_for(mode, &config).await?;
 
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let gateway = Gateway::new(
-        GatewaySettings {
-            node_id: node_id.clone(),
-            config: config.gateway.clone(),
-            verifier,
-            policies: policies.clone(),
-        },
-        broker.clone(),
-    );
-    let api = Api::new(
-        ApiSettings {
-            keys: config.api.keys.clone(),
-            max_body_bytes: config.api.max_body_bytes,
-            policies: (*policies).clone(),
-        },
-        broker.clone(),
-    );
+    let gateway = if mode == Mode::Api {
+        None
+    } else {
+        let verifier = Arc::new(JwtVerifier::new(&config.auth).context("invalid [auth] configuration")?);
+        Some(Gateway::new(
+            GatewaySettings {
+                node_id: node_id.clone(),
+                config: config.gateway.clone(),
+                verifier,
+                policies: policies.clone(),
+            },
+            broker.clone(),
+        ))
+    };
+    let api = (mode != Mode::Gateway).then(|| {
+        Api::new(
+            ApiSettings {
+                keys: config.api.keys.clone(),
+                max_body_bytes: config.api.max_body_bytes,
+                policies: (*policies).clone(),
+            },
+            broker.clone(),
+        )
+    });
 
     let addr = config
         .node
         .addr
         .clone()
-        .unwrap_or_else(|| DEFAULT_ADDR.to_string());
+        .unwrap_or_else(|| mode.default_addr().to_string());
     let listener = server::bind(&addr).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
-    tracing::info!(node = %node_id, addr = %local, "herald standalone started");
+    tracing::info!(node = %node_id, addr = %local, mode = mode.name(), "herald started");
     // One stable line on stdout that scripts and tests can wait for.
     println!("herald: listening on http://{local}");
     if development {
@@ -119,10 +170,10 @@ async fn standalone(mut config: Config, args: ServeArgs) -> Result<()> {
     server::serve(
         listener,
         server::Node {
-            gateway: Some(gateway),
-            api: Some(api),
+            gateway,
+            api,
             broker,
-            store: Some(store),
+            store,
             metrics,
             drain: Duration::from_millis(config.gateway.drain_ms),
         },

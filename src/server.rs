@@ -82,8 +82,13 @@ impl Node {
 
     /// 200 only when the broker and store answer and the node is not draining.
     async fn readiness(&self) -> Response<Full<Bytes>> {
-        if self.gateway.as_ref().is_some_and(Gateway::is_draining) {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        if let Some(gateway) = &self.gateway {
+            if gateway.is_draining() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+            }
+            if !gateway.broker_connected() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "broker subscription down\n");
+            }
         }
         let broker = tokio::time::timeout(READY_TIMEOUT, self.broker.ping()).await;
         if !matches!(broker, Ok(Ok(()))) {

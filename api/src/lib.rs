@@ -32,6 +32,7 @@ mod error;
 mod publish;
 mod rooms;
 mod router;
+mod stats;
 
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,7 @@ impl Api {
             Endpoint::Broadcast => publish::broadcast(state, &parts.headers, body).await,
             Endpoint::History => rooms::history(state, room, parts.uri.query()).await,
             Endpoint::Presence => rooms::presence(state, room).await,
+            Endpoint::Stats => stats::stats(state).await,
         }
     }
 }

@@ -17,6 +17,7 @@ pub enum Endpoint {
     Broadcast,
     History,
     Presence,
+    Stats,
 }
 
 impl Endpoint {
@@ -27,6 +28,7 @@ impl Endpoint {
             Endpoint::Broadcast => "/v1/broadcast",
             Endpoint::History => "/v1/rooms/{room}/history",
             Endpoint::Presence => "/v1/rooms/{room}/presence",
+            Endpoint::Stats => "/v1/stats",
         }
     }
 
@@ -34,7 +36,7 @@ impl Endpoint {
     pub fn method(self) -> Method {
         match self {
             Endpoint::Publish | Endpoint::Broadcast => Method::POST,
-            Endpoint::History | Endpoint::Presence => Method::GET,
+            Endpoint::History | Endpoint::Presence | Endpoint::Stats => Method::GET,
         }
     }
 
@@ -42,7 +44,7 @@ impl Endpoint {
     pub fn allow(self) -> &'static str {
         match self {
             Endpoint::Publish | Endpoint::Broadcast => "POST",
-            Endpoint::History | Endpoint::Presence => "GET",
+            Endpoint::History | Endpoint::Presence | Endpoint::Stats => "GET",
         }
     }
 }
@@ -59,6 +61,7 @@ pub fn resolve(path: &str) -> Option<(Endpoint, Option<&str>)> {
     let found = match (segments.next(), segments.next(), segments.next()) {
         (Some("publish"), None, _) => (Endpoint::Publish, None),
         (Some("broadcast"), None, _) => (Endpoint::Broadcast, None),
+        (Some("stats"), None, _) => (Endpoint::Stats, None),
         (Some("rooms"), Some(room), Some("history")) => (Endpoint::History, Some(room)),
         (Some("rooms"), Some(room), Some("presence")) => (Endpoint::Presence, Some(room)),
         _ => return None,

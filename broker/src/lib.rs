@@ -18,8 +18,10 @@ use herald_common::rooms::RoomName;
 use serde_json::value::RawValue;
 
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisOptions};
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,6 +83,24 @@ pub trait FeedSink: Send + Sync + 'static {
     /// Continuity in `room` was lost; clients must refetch and continue
     /// from `position`.
     fn on_resync(&self, room: &RoomName, position: &Position);
+    /// A control message for the node's connections in `room` (sent on
+    /// `user:` rooms, so it reaches only the nodes holding that user).
+    fn on_control(&self, room: &RoomName, payload: &Bytes);
+    /// The last position the node delivered in `room` and the room's
+    /// retention: where a gap fill starts after the broker lost contact.
+    fn last_position(&self, room: &RoomName) -> Option<(Position, Retention)>;
+}
+
+/// A gateway node's entry in the node registry (`GET /v1/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub connections: u64,
+    pub rooms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub started_at: u64,
+    /// Milliseconds since the Unix epoch.
+    pub last_seen: u64,
 }
 
 /// A node's subscription to room channels.
@@ -97,6 +117,10 @@ pub trait Feed: Send + Sync {
     /// Resolves once every event published from now on in `room` will be
     /// delivered to this feed's sink.
     async fn wait_subscribed(&self, room: &RoomName) -> Result<(), BrokerError>;
+    /// False while the feed has lost its connection to the broker.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The broker contract, kept by every engine.
@@ -126,6 +150,9 @@ pub trait Broker: Send + Sync + 'static {
         exclude: Option<&str>,
     ) -> Result<(), BrokerError>;
 
+    /// Sends a control message to the nodes that have members in `room`.
+    async fn publish_control(&self, room: &RoomName, payload: Bytes) -> Result<(), BrokerError>;
+
     /// Records that connection `conn` of `user` is in `room`; true when it is
     /// the user's first connection there.
     async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError>;
@@ -142,6 +169,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Succeeds when the broker is reachable (readiness).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Records a gateway node's heartbeat in the node registry.
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError>;
+
+    /// Gateway nodes that sent a heartbeat recently.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
 }
 
 /// Serializes an event frame once; engines store and deliver these bytes.

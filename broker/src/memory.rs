@@ -19,7 +19,8 @@ use herald_common::protocol::{Position, PresenceMember};
 use herald_common::rooms::RoomName;
 
 use crate::{
-    Broker, BrokerError, EventRecord, Feed, FeedSink, HistoryQuery, HistoryRange, PublishRequest, event_frame,
+    Broker, BrokerError, EventRecord, Feed, FeedSink, HistoryQuery, HistoryRange, NodeInfo, PublishRequest,
+    event_frame,
 };
 
 const SHARDS: usize = 32;
@@ -86,6 +87,8 @@ struct Inner {
     presence: Mutex<PresenceMap>,
     /// Every attached node's sink.
     sinks: RwLock<Vec<Arc<dyn FeedSink>>>,
+    /// Heartbeats by node id.
+    nodes: Mutex<HashMap<String, NodeInfo>>,
 }
 
 /// The embedded single-process broker.
@@ -114,6 +117,7 @@ impl MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: Mutex::new(HashMap::new()),
             sinks: RwLock::new(Vec::new()),
+            nodes: Mutex::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep(Arc::downgrade(&inner)));
@@ -245,6 +249,13 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn publish_control(&self, room: &RoomName, payload: Bytes) -> Result<(), BrokerError> {
+        for sink in self.sinks().iter() {
+            sink.on_control(room, &payload);
+        }
+        Ok(())
+    }
+
     async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError> {
         let mut presence = lock(&self.inner.presence);
         let users = presence.entry(room.clone()).or_default();
@@ -303,6 +314,17 @@ impl Broker for MemoryBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
+        lock(&self.inner.nodes).insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        let mut nodes: Vec<NodeInfo> = lock(&self.inner.nodes).values().cloned().collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
 }
 
 /// A node's subscription on the memory engine.
@@ -360,6 +382,10 @@ mod tests {
         }
         fn on_transient(&self, _room: &RoomName, _frame: &Bytes, _exclude: Option<&str>) {}
         fn on_resync(&self, _room: &RoomName, _position: &Position) {}
+        fn on_control(&self, _room: &RoomName, _payload: &Bytes) {}
+        fn last_position(&self, _room: &RoomName) -> Option<(Position, Retention)> {
+            None
+        }
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use herald_broker::{EventRecord, Feed, FeedSink};
+use herald_common::policy::{Policies, Retention};
 use herald_common::protocol::{Position, ServerFrame};
 use herald_common::rooms::RoomName;
 
@@ -62,6 +63,8 @@ pub struct Hub {
     pending_cap: usize,
     rooms: AtomicI64,
     metrics: GatewayMetrics,
+    /// Room policies, for the retention a gap fill must respect.
+    policies: Arc<Policies>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,8 +72,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(pending_cap: usize, metrics: GatewayMetrics) -> Self {
+    pub fn new(pending_cap: usize, metrics: GatewayMetrics, policies: Arc<Policies>) -> Self {
         Self {
+            policies,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             feed: std::sync::OnceLock::new(),
             pending_cap,
@@ -129,7 +133,15 @@ impl Hub {
     /// Returns false if the member is gone (it left or was cut meanwhile).
     pub fn activate(&self, room: &RoomName, conn_id: u64, position: &Position, reply: Option<Bytes>) -> bool {
         let mut shard = self.shard(room);
-        let Some(member) = shard.get_mut(room).and_then(|r| r.members.get_mut(&conn_id)) else {
+        let Some(local) = shard.get_mut(room) else {
+            return false;
+        };
+        // The first member's position is where the node's continuity
+        // starts (and where a gap fill would resume).
+        if local.last.is_none() {
+            local.last = Some((Arc::from(position.epoch.as_str()), position.offset));
+        }
+        let Some(member) = local.members.get_mut(&conn_id) else {
             return false;
         };
         let buffered = member.pending.take().unwrap_or_default();
@@ -268,7 +280,28 @@ impl FeedSink for Hub {
 
     fn on_resync(&self, room: &RoomName, position: &Position) {
         let frame = resync_frame(room, position);
-        self.fan_out(room, || Buffered::Frame(frame.clone()), None);
+        let mut shard = self.shard(room);
+        let Some(local) = shard.get_mut(room) else { return };
+        local.last = Some((Arc::from(position.epoch.as_str()), position.offset));
+        self.fan_out_locked(local, || Buffered::Frame(frame.clone()), None);
+    }
+
+    fn on_control(&self, room: &RoomName, _payload: &Bytes) {
+        // Control commands (disconnect, unsubscribe, revoke) arrive with the
+        // server API's access-control work; until then there are none to act on.
+        tracing::debug!(room = %room, "control message ignored");
+    }
+
+    fn last_position(&self, room: &RoomName) -> Option<(Position, Retention)> {
+        let shard = self.shard(room);
+        let (epoch, offset) = shard.get(room)?.last.clone()?;
+        Some((
+            Position {
+                offset,
+                epoch: epoch.to_string(),
+            },
+            self.policies.lookup(room).retention,
+        ))
     }
 }
 
@@ -297,7 +330,7 @@ mod tests {
 
     #[test]
     fn pending_member_gets_reply_then_only_newer_events() {
-        let hub = Hub::new(16, GatewayMetrics::new());
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
         let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
@@ -318,7 +351,7 @@ mod tests {
 
     #[test]
     fn gap_or_new_epoch_sends_resync_first() {
-        let hub = Hub::new(16, GatewayMetrics::new());
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
         let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
@@ -343,7 +376,7 @@ mod tests {
 
     #[test]
     fn transient_frames_skip_the_excluded_connection() {
-        let hub = Hub::new(16, GatewayMetrics::new());
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
         let (a, mut rx_a) = ConnHandle::new(1, "n.1".into(), 8);
         let (b, mut rx_b) = ConnHandle::new(2, "n.2".into(), 8);
@@ -369,7 +402,7 @@ mod tests {
 
     #[test]
     fn slow_member_is_cut_and_others_still_receive() {
-        let hub = Hub::new(16, GatewayMetrics::new());
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
         let (slow, _rx_slow) = ConnHandle::new(1, "n.1".into(), 2);
         let (fast, mut rx_fast) = ConnHandle::new(2, "n.2".into(), 64);

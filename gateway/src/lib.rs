@@ -108,6 +108,29 @@ impl Shared {
     }
 }
 
+/// How often the node reports itself to the node registry.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Reports the node to the registry (`GET /v1/stats`) until it is dropped.
+async fn heartbeat(shared: std::sync::Weak<Shared>) {
+    let started_at = herald_common::now_ms();
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let node = herald_broker::NodeInfo {
+            id: shared.settings.node_id.clone(),
+            connections: shared.open.load(Ordering::Relaxed) as u64,
+            rooms: shared.hub.room_count() as u64,
+            started_at,
+            last_seen: herald_common::now_ms(),
+        };
+        if let Err(e) = shared.broker.heartbeat(&node).await {
+            tracing::warn!(error = %e, "node heartbeat failed");
+        }
+    }
+}
+
 /// A gateway node. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -118,10 +141,14 @@ impl Gateway {
     /// Creates the gateway and attaches its hub to the broker.
     pub fn new(settings: GatewaySettings, broker: Arc<dyn Broker>) -> Self {
         let metrics = GatewayMetrics::new();
-        let hub = Arc::new(Hub::new(settings.config.outbound_queue, metrics.clone()));
+        let hub = Arc::new(Hub::new(
+            settings.config.outbound_queue,
+            metrics.clone(),
+            settings.policies.clone(),
+        ));
         let feed = broker.attach(hub.clone());
         hub.set_feed(feed.clone());
-        Self {
+        let gateway = Self {
             shared: Arc::new(Shared {
                 settings,
                 broker,
@@ -133,7 +160,14 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
             }),
-        }
+        };
+        tokio::spawn(heartbeat(Arc::downgrade(&gateway.shared)));
+        gateway
+    }
+
+    /// False while the node's broker subscription is down.
+    pub fn broker_connected(&self) -> bool {
+        self.shared.feed.is_healthy()
     }
 
     /// The node id.
