@@ -640,6 +640,32 @@ async fn wrong_method_is_method_not_allowed() {
     assert_eq!(get(&api, "/v1/rooms/a/history").await.json["offset"], 0);
 }
 
+// ---- stats --------------------------------------------------------------
+
+#[tokio::test]
+async fn stats_lists_nodes_from_their_heartbeats() {
+    let broker = Arc::new(MemoryBroker::new());
+    let api = api_with(&[KEY], broker.clone());
+    assert_eq!(get(&api, "/v1/stats").await.json, json!({"nodes": []}));
+    broker
+        .heartbeat(&herald_broker::NodeInfo {
+            id: "gw-1".into(),
+            connections: 3,
+            rooms: 2,
+            started_at: 0,
+            last_seen: 1_000,
+        })
+        .await
+        .unwrap();
+    let a = get(&api, "/v1/stats").await;
+    assert_eq!(
+        a.json,
+        json!({"nodes": [{"id": "gw-1", "connections": 3, "rooms": 2,
+            "started_at": "1970-01-01T00:00:00.000Z", "last_seen": "1970-01-01T00:00:01.000Z"}]})
+    );
+    expect_error(&post(&api, "/v1/stats", json!({})).await, 405, "bad_request");
+}
+
 // ---- broker failures ----------------------------------------------------
 
 /// A broker whose every call fails as an unreachable Redis would.
@@ -683,6 +709,15 @@ impl Broker for DownBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         Err(down())
     }
+    async fn publish_control(&self, _: &RoomName, _: Bytes) -> Result<(), BrokerError> {
+        Err(down())
+    }
+    async fn heartbeat(&self, _: &herald_broker::NodeInfo) -> Result<(), BrokerError> {
+        Err(down())
+    }
+    async fn nodes(&self) -> Result<Vec<herald_broker::NodeInfo>, BrokerError> {
+        Err(down())
+    }
 }
 
 #[tokio::test]
@@ -699,6 +734,7 @@ async fn broker_failure_is_unavailable() {
     );
     expect_error(&get(&api, "/v1/rooms/a/history").await, 503, "unavailable");
     expect_error(&get(&api, "/v1/rooms/a/presence").await, 503, "unavailable");
+    expect_error(&get(&api, "/v1/stats").await, 503, "unavailable");
     // Bad input is still a 400, decided before the broker is asked.
     expect_error(
         &get(&api, "/v1/rooms/a/history?limit=0").await,
