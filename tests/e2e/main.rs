@@ -1,0 +1,17 @@
+//! End-to-end tests of the `herald` binary (PROTOCOL.md is the contract).
+//!
+//! One test binary (link time): every test starts its own `herald
+//! standalone` process on a free port with a fresh data directory (see
+//! `harness`), drives it over real TCP with WebSocket and HTTP clients, and
+//! kills it when done. Tests are independent and bounded (< 20 s each).
+//!
+//! Run: `cargo test --test e2e`.
+
+mod harness;
+
+mod api;
+mod errors;
+mod ops;
+mod protocol;
+mod recovery;
+mod slow_consumer;
