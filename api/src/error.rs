@@ -94,6 +94,20 @@ impl From<BrokerError> for ApiError {
     }
 }
 
+impl From<herald_store::StoreError> for ApiError {
+    fn from(e: herald_store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store unavailable while serving the API");
+        ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+    }
+}
+
+/// A 204 with no body.
+pub fn no_content() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
 /// A response with a JSON body already serialized.
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));

@@ -21,6 +21,7 @@ use herald_broker::Broker;
 use herald_common::config::Config;
 use herald_common::policy::Policies;
 use herald_common::protocol::ErrorCode;
+use herald_store::Store;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -29,10 +30,13 @@ use hyper::body::Body;
 mod auth;
 mod body;
 mod error;
+mod grants;
+mod notifications;
 mod publish;
 mod rooms;
 mod router;
 mod stats;
+mod users;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +54,9 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Room policies, for each room's retention.
     pub policies: Policies,
+    /// The store behind grants and notifications; without one those
+    /// endpoints answer 503.
+    pub store: Option<Store>,
 }
 
 impl ApiSettings {
@@ -59,6 +66,7 @@ impl ApiSettings {
             keys: config.api.keys.clone(),
             max_body_bytes: config.api.max_body_bytes,
             policies: Policies::new(&config.rooms),
+            store: None,
         }
     }
 }
@@ -79,6 +87,19 @@ pub(crate) struct State {
     pub max_body_bytes: usize,
     pub policies: Policies,
     pub broker: Arc<dyn Broker>,
+    pub store: Option<Store>,
+}
+
+impl State {
+    /// The store, or 503 when this node has none.
+    pub fn store(&self) -> Result<&Store, ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "no store is configured on this node (HERALD_DATABASE_URL)",
+            )
+        })
+    }
 }
 
 /// The `/v1` API. Clones share one state.
@@ -105,6 +126,7 @@ impl Api {
                 max_body_bytes: settings.max_body_bytes,
                 policies: settings.policies,
                 broker,
+                store: settings.store,
             }),
         }
     }
@@ -146,7 +168,7 @@ impl Api {
     async fn dispatch<B>(
         &self,
         parts: &Parts,
-        resolved: Option<(Endpoint, Option<&str>)>,
+        resolved: Option<(Endpoint, router::Params<'_>)>,
         body: B,
     ) -> Result<Response<Full<Bytes>>, ApiError>
     where
@@ -155,7 +177,7 @@ impl Api {
     {
         let state = &*self.state;
         auth::authorize(&parts.headers, &state.keys)?;
-        let Some((endpoint, room)) = resolved else {
+        let Some((endpoint, (first, id))) = resolved else {
             // The path is echoed to help find the typo, but never at length.
             let path: String = parts.uri.path().chars().take(100).collect();
             return Err(ApiError::new(
@@ -163,17 +185,27 @@ impl Api {
                 format!("no API endpoint at {path}"),
             ));
         };
-        if parts.method != endpoint.method() {
+        if !endpoint.allows(&parts.method) {
             return Err(ApiError::method_not_allowed(endpoint.allow()));
         }
-        // `resolve` returns a room for exactly the room endpoints.
-        let room = room.unwrap_or_default();
+        // `resolve` returns the parameters each endpoint's pattern names.
+        let first = first.unwrap_or_default();
+        let id = id.unwrap_or_default();
+        let headers = &parts.headers;
         match endpoint {
-            Endpoint::Publish => publish::publish(state, &parts.headers, body).await,
-            Endpoint::Broadcast => publish::broadcast(state, &parts.headers, body).await,
-            Endpoint::History => rooms::history(state, room, parts.uri.query()).await,
-            Endpoint::Presence => rooms::presence(state, room).await,
+            Endpoint::Publish => publish::publish(state, headers, body).await,
+            Endpoint::Broadcast => publish::broadcast(state, headers, body).await,
+            Endpoint::History => rooms::history(state, first, parts.uri.query()).await,
+            Endpoint::Presence => rooms::presence(state, first).await,
+            Endpoint::Unsubscribe => users::unsubscribe(state, first, headers, body).await,
             Endpoint::Stats => stats::stats(state).await,
+            Endpoint::Grants => grants::grants(state, &parts.method, headers, body).await,
+            Endpoint::Notifications if parts.method == http::Method::GET => {
+                notifications::list(state, first, parts.uri.query()).await
+            }
+            Endpoint::Notifications => notifications::create(state, first, headers, body).await,
+            Endpoint::NotificationRead => notifications::mark_read(state, first, id).await,
+            Endpoint::Disconnect => users::disconnect(state, first, headers, body).await,
         }
     }
 }

@@ -42,6 +42,7 @@ fn api_with(keys: &[&str], broker: Arc<dyn Broker>) -> Api {
             keys: keys.iter().map(|k| k.to_string()).collect(),
             max_body_bytes: MAX_BODY,
             policies: policies(),
+            store: None,
         },
         broker,
     )
@@ -710,6 +711,12 @@ impl Broker for DownBroker {
         Err(down())
     }
     async fn publish_control(&self, _: &RoomName, _: Bytes) -> Result<(), BrokerError> {
+        Err(down())
+    }
+    async fn request(&self, _: &RoomName, _: &[u8]) -> Result<u64, BrokerError> {
+        Err(down())
+    }
+    async fn reply(&self, _: &str, _: u64) -> Result<(), BrokerError> {
         Err(down())
     }
     async fn heartbeat(&self, _: &herald_broker::NodeInfo) -> Result<(), BrokerError> {

@@ -153,6 +153,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a control message to the nodes that have members in `room`.
     async fn publish_control(&self, room: &RoomName, payload: Bytes) -> Result<(), BrokerError>;
 
+    /// Sends `command` to the nodes that have members in `room` as a
+    /// request (its payload is `<request id>\n<command>`, see
+    /// [`split_request`]), waits — boundedly — for each of them to
+    /// [`reply`](Broker::reply), and returns the sum of their counts.
+    async fn request(&self, room: &RoomName, command: &[u8]) -> Result<u64, BrokerError>;
+
+    /// Answers a request received through [`FeedSink::on_control`].
+    async fn reply(&self, request_id: &str, count: u64) -> Result<(), BrokerError>;
+
     /// Records that connection `conn` of `user` is in `room`; true when it is
     /// the user's first connection there.
     async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError>;
@@ -175,6 +184,25 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Gateway nodes that sent a heartbeat recently.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
+}
+
+/// How long a [`Broker::request`] waits for the nodes' replies.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Builds a request payload: `<request id>\n<command>`.
+pub fn request_payload(request_id: &str, command: &[u8]) -> Bytes {
+    let mut payload = Vec::with_capacity(request_id.len() + 1 + command.len());
+    payload.extend_from_slice(request_id.as_bytes());
+    payload.push(b'\n');
+    payload.extend_from_slice(command);
+    Bytes::from(payload)
+}
+
+/// Splits a request payload into its id and command.
+pub fn split_request(payload: &[u8]) -> Option<(&str, &[u8])> {
+    let newline = payload.iter().position(|b| *b == b'\n')?;
+    let id = std::str::from_utf8(&payload[..newline]).ok()?;
+    Some((id, &payload[newline + 1..]))
 }
 
 /// Serializes an event frame once; engines store and deliver these bytes.

@@ -89,6 +89,9 @@ struct Inner {
     sinks: RwLock<Vec<Arc<dyn FeedSink>>>,
     /// Heartbeats by node id.
     nodes: Mutex<HashMap<String, NodeInfo>>,
+    /// Requests awaiting replies: id → (replies still expected, sum).
+    requests: Mutex<HashMap<String, (usize, u64)>>,
+    replied: tokio::sync::Notify,
 }
 
 /// The embedded single-process broker.
@@ -118,6 +121,8 @@ impl MemoryBroker {
             presence: Mutex::new(HashMap::new()),
             sinks: RwLock::new(Vec::new()),
             nodes: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            replied: tokio::sync::Notify::new(),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep(Arc::downgrade(&inner)));
@@ -253,6 +258,39 @@ impl Broker for MemoryBroker {
         for sink in self.sinks().iter() {
             sink.on_control(room, &payload);
         }
+        Ok(())
+    }
+
+    async fn request(&self, room: &RoomName, command: &[u8]) -> Result<u64, BrokerError> {
+        let id = herald_common::random_hex(8);
+        let payload = crate::request_payload(&id, command);
+        // Every attached node hears every room on this engine, so every
+        // node replies (with 0 when it holds nobody there).
+        let sinks: Vec<Arc<dyn FeedSink>> = self.sinks().iter().cloned().collect();
+        lock(&self.inner.requests).insert(id.clone(), (sinks.len(), 0));
+        for sink in &sinks {
+            sink.on_control(room, &payload);
+        }
+        let deadline = tokio::time::Instant::now() + crate::REQUEST_TIMEOUT;
+        loop {
+            let replied = self.inner.replied.notified();
+            if let Some((0, _)) = lock(&self.inner.requests).get(&id) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, replied).await.is_err() {
+                break;
+            }
+        }
+        let sum = lock(&self.inner.requests).remove(&id).map_or(0, |(_, sum)| sum);
+        Ok(sum)
+    }
+
+    async fn reply(&self, request_id: &str, count: u64) -> Result<(), BrokerError> {
+        if let Some((remaining, sum)) = lock(&self.inner.requests).get_mut(request_id) {
+            *remaining = remaining.saturating_sub(1);
+            *sum += count;
+        }
+        self.inner.replied.notify_waiters();
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod policy;
 pub mod protocol;
 pub mod rooms;

@@ -10,7 +10,8 @@
 //! an event: the member is first added as *pending* (live events are
 //! buffered for it), the session then reads history and replays it, and
 //! [`Hub::activate`] flushes the buffered events that come after the
-//! replayed position, all under the shard lock.
+//! replayed position ([`Hub::drain_pending`]) and makes it live under the
+//! shard lock once nothing is left.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -128,46 +129,48 @@ impl Hub {
         );
     }
 
-    /// Phase two: queues `reply` (the `joined` frame, if any), then every
-    /// buffered event after `position`, and makes the member live.
-    /// Returns false if the member is gone (it left or was cut meanwhile).
-    pub fn activate(&self, room: &RoomName, conn_id: u64, position: &Position, reply: Option<Bytes>) -> bool {
+    /// Phase two, repeated until it returns `None`: takes what was
+    /// buffered for a pending member after `position` (the replayed or
+    /// `joined` position). When nothing is left, the member becomes live in
+    /// the same critical section, so no event can slip between the flush
+    /// and live delivery. The session sends the items it gets (waiting for
+    /// room in the queue, outside the lock) and calls again.
+    /// `Err(Gone)` when the member left or was cut meanwhile.
+    pub fn drain_pending(
+        &self,
+        room: &RoomName,
+        conn_id: u64,
+        position: &Position,
+    ) -> Result<Option<Vec<Outbound>>, crate::outbound::Gone> {
         let mut shard = self.shard(room);
-        let Some(local) = shard.get_mut(room) else {
-            return false;
-        };
+        let local = shard.get_mut(room).ok_or(crate::outbound::Gone)?;
         // The first member's position is where the node's continuity
         // starts (and where a gap fill would resume).
         if local.last.is_none() {
             local.last = Some((Arc::from(position.epoch.as_str()), position.offset));
         }
-        let Some(member) = local.members.get_mut(&conn_id) else {
-            return false;
+        let member = local.members.get_mut(&conn_id).ok_or(crate::outbound::Gone)?;
+        let Some(buffer) = member.pending.as_mut() else {
+            return Ok(None);
         };
-        let buffered = member.pending.take().unwrap_or_default();
-        if let Some(reply) = reply {
-            member.conn.push(Outbound::Frame(reply));
+        if buffer.is_empty() {
+            member.pending = None;
+            return Ok(None);
         }
-        for item in buffered {
-            match item {
-                Buffered::Event {
-                    epoch,
-                    offset,
-                    ts,
-                    frame,
-                } => {
-                    // Already covered by the replay or the `joined` position.
-                    if *epoch == *position.epoch && offset <= position.offset {
-                        continue;
-                    }
-                    member.conn.push_event(&frame, ts);
+        let items = std::mem::take(buffer)
+            .into_iter()
+            .filter_map(|item| match item {
+                // Already covered by the replay or the `joined` position.
+                Buffered::Event { epoch, offset, .. }
+                    if *epoch == *position.epoch && offset <= position.offset =>
+                {
+                    None
                 }
-                Buffered::Frame(frame) => {
-                    member.conn.push(Outbound::Frame(frame));
-                }
-            }
-        }
-        true
+                Buffered::Event { ts, frame, .. } => Some(Outbound::Event { frame, ts }),
+                Buffered::Frame(frame) => Some(Outbound::Frame(frame)),
+            })
+            .collect();
+        Ok(Some(items))
     }
 
     /// Removes a member; the last member out ends the node's interest.
@@ -342,11 +345,42 @@ mod tests {
             offset: 2,
             epoch: "e".into(),
         };
-        assert!(hub.activate(&room, 1, &position, Some(Bytes::from_static(b"joined"))));
-        assert_eq!(drain(&mut rx), vec!["joined", "{\"offset\":3}", "{\"offset\":4}"]);
+        let flushed = hub.drain_pending(&room, 1, &position).unwrap().unwrap();
+        assert_eq!(flushed.len(), 2, "offsets 3 and 4 are after the position");
         hub.on_event(&room, "e", &record(5));
-        hub.on_event(&room, "e", &record(5));
-        assert_eq!(drain(&mut rx), vec!["{\"offset\":5}"], "duplicates are dropped");
+        assert!(
+            drain(&mut rx).is_empty(),
+            "still pending until the buffer is empty"
+        );
+        let flushed = hub.drain_pending(&room, 1, &position).unwrap().unwrap();
+        assert_eq!(flushed.len(), 1, "offset 5 was buffered behind the flush");
+        assert!(
+            hub.drain_pending(&room, 1, &position).unwrap().is_none(),
+            "now live"
+        );
+        hub.on_event(&room, "e", &record(6));
+        hub.on_event(&room, "e", &record(6));
+        assert_eq!(drain(&mut rx), vec!["{\"offset\":6}"], "duplicates are dropped");
+    }
+
+    #[test]
+    fn member_whose_buffer_holds_only_old_events_still_goes_live() {
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
+        let room = RoomName::new("r").unwrap();
+        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        hub.add_pending(&room, &conn);
+        hub.on_event(&room, "e", &record(1));
+        let position = Position {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        assert_eq!(
+            hub.drain_pending(&room, 1, &position).unwrap().map(|v| v.len()),
+            Some(0)
+        );
+        assert!(hub.drain_pending(&room, 1, &position).unwrap().is_none());
+        hub.on_event(&room, "e", &record(2));
+        assert_eq!(drain(&mut rx), vec!["{\"offset\":2}"]);
     }
 
     #[test]
@@ -355,15 +389,15 @@ mod tests {
         let room = RoomName::new("r").unwrap();
         let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
-        hub.activate(
+        hub.drain_pending(
             &room,
             1,
             &Position {
                 offset: 0,
                 epoch: "e".into(),
             },
-            None,
-        );
+        )
+        .unwrap();
         hub.on_event(&room, "e", &record(1));
         hub.on_event(&room, "f", &record(1));
         let got = drain(&mut rx);
@@ -382,15 +416,15 @@ mod tests {
         let (b, mut rx_b) = ConnHandle::new(2, "n.2".into(), 8);
         for c in [&a, &b] {
             hub.add_pending(&room, c);
-            hub.activate(
+            hub.drain_pending(
                 &room,
                 c.id,
                 &Position {
                     offset: 0,
                     epoch: "e".into(),
                 },
-                None,
-            );
+            )
+            .unwrap();
         }
         hub.on_transient(&room, &Bytes::from_static(b"member"), Some("n.1"));
         assert!(drain(&mut rx_a).is_empty());
@@ -408,15 +442,15 @@ mod tests {
         let (fast, mut rx_fast) = ConnHandle::new(2, "n.2".into(), 64);
         for c in [&slow, &fast] {
             hub.add_pending(&room, c);
-            hub.activate(
+            hub.drain_pending(
                 &room,
                 c.id,
                 &Position {
                     offset: 0,
                     epoch: "e".into(),
                 },
-                None,
-            );
+            )
+            .unwrap();
         }
         for offset in 1..=5 {
             hub.on_event(&room, "e", &record(offset));

@@ -126,8 +126,13 @@ impl ConnHandle {
 
     /// Waits for room and enqueues a replayed event.
     pub async fn send_event(&self, frame: Bytes, ts: u64) -> Result<(), Gone> {
+        self.send_outbound(Outbound::Event { frame, ts }).await
+    }
+
+    /// Waits for room and enqueues any item.
+    pub async fn send_outbound(&self, item: Outbound) -> Result<(), Gone> {
         tokio::select! {
-            res = self.queue.send(Outbound::Event { frame, ts }) => res.map_err(|_| Gone),
+            res = self.queue.send(item) => res.map_err(|_| Gone),
             _ = self.close.closed() => Err(Gone),
         }
     }

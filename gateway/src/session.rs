@@ -314,22 +314,26 @@ impl Session {
         for event in range.events {
             self.conn.send_event(event.frame, event.ts).await?;
         }
-        let joined = send_joined.then(|| {
-            ServerFrame::Joined {
+        if send_joined {
+            let joined = ServerFrame::Joined {
                 id,
                 room: room.as_str(),
                 offset: range.position.offset,
                 epoch: &range.position.epoch,
                 recovered: range.recovered,
-            }
-            .to_bytes()
-        });
-        if !self
+            };
+            self.conn.send(joined.to_bytes()).await?;
+        }
+        // Flush what arrived during the join, waiting for queue room like
+        // the replay did, until the member is live.
+        while let Some(items) = self
             .shared
             .hub
-            .activate(&room, self.conn.id, &range.position, joined)
+            .drain_pending(&room, self.conn.id, &range.position)?
         {
-            return Err(Gone);
+            for item in items {
+                self.conn.send_outbound(item).await?;
+            }
         }
         if policy.presence || policy.join_leave {
             self.track_presence(&room, policy.join_leave).await;

@@ -207,7 +207,9 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
-                let pong = tokio::time::timeout(OP_TIMEOUT, commands.ping::<String>()).await;
+                // On a subscribed RESP2 connection PING answers
+                // `["pong", ""]`, not `PONG`: any reply proves liveness.
+                let pong = tokio::time::timeout(OP_TIMEOUT, commands.ping::<redis::Value>()).await;
                 if !matches!(pong, Ok(Ok(_))) {
                     return Ended::Lost("subscriber ping failed".into());
                 }

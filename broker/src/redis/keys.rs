@@ -31,6 +31,11 @@ pub fn presence_expiry(room: &RoomName) -> String {
     format!("herald:{{{room}}}:presence-exp")
 }
 
+/// Replies to one control request (a list of counts, short-lived).
+pub fn reply(request_id: &str) -> String {
+    format!("herald:reply:{request_id}")
+}
+
 /// The room's pub/sub channel.
 pub fn channel(room: &RoomName) -> String {
     format!("{ROOM_CHANNEL_PREFIX}{room}")

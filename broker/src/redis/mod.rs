@@ -300,6 +300,38 @@ impl Broker for RedisBroker {
         bounded(conn.publish::<_, _, ()>(keys::channel(room), wire::control(&payload))).await
     }
 
+    async fn request(&self, room: &RoomName, command: &[u8]) -> Result<u64, BrokerError> {
+        let id = herald_common::random_hex(8);
+        let payload = wire::control(&crate::request_payload(&id, command));
+        let mut conn = self.conn().await?;
+        // PUBLISH answers how many subscribers got it: one per node that
+        // holds members of the room, so that many replies are awaited.
+        let receivers: u64 = bounded(conn.publish(keys::channel(room), payload)).await?;
+        if receivers == 0 {
+            return Ok(0);
+        }
+        let key = keys::reply(&id);
+        let deadline = tokio::time::Instant::now() + crate::REQUEST_TIMEOUT;
+        loop {
+            let replies: u64 = bounded(conn.llen(&key)).await?;
+            if replies >= receivers || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let counts: Vec<u64> = bounded(conn.lrange(&key, 0, -1)).await?;
+        bounded(conn.del::<_, ()>(&key)).await?;
+        Ok(counts.iter().sum())
+    }
+
+    async fn reply(&self, request_id: &str, count: u64) -> Result<(), BrokerError> {
+        let key = keys::reply(request_id);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.rpush(&key, count).ignore().pexpire(&key, 30_000).ignore();
+        bounded(pipe.query_async::<()>(&mut *conn)).await
+    }
+
     async fn presence_join(&self, room: &RoomName, user: &str, conn: &str) -> Result<bool, BrokerError> {
         let member = presence_member(user, conn);
         let now = herald_common::now_ms();
@@ -327,7 +359,8 @@ impl Broker for RedisBroker {
             .key(keys::presence(room))
             .key(keys::presence_expiry(room))
             .arg(&member)
-            .arg(user);
+            .arg(user)
+            .arg(herald_common::now_ms());
         let last: i64 = bounded(invocation.invoke_async(&mut *c)).await?;
         Ok(last == 1)
     }

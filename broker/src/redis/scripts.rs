@@ -129,15 +129,19 @@ return n == 1 and 1 or 0
     )
 });
 
-/// Presence leave: removes this connection; 1 when it was the user's last.
+/// Presence leave: removes this connection; 1 when it was the user's last
+/// live one (expired entries of dead nodes are dropped before counting).
 ///
-/// KEYS: presence, presence-exp. ARGV: member, user.
+/// KEYS: presence, presence-exp. ARGV: member, user, now (ms).
 pub static PRESENCE_LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if removed == 0 then return 0 end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+for _, m in ipairs(expired) do redis.call('ZREM', KEYS[1], m) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 local n = redis.call('ZLEXCOUNT', KEYS[1], '[' .. ARGV[2] .. '\0', '(' .. ARGV[2] .. '\1')
 return n == 0 and 1 or 0
 "#,
