@@ -1,6 +1,13 @@
 //! The life of one WebSocket connection after the upgrade: split the socket,
-//! start the writer, authenticate (by `hello` unless the upgrade carried a
-//! token), run the session's read loop, and tear everything down.
+//! start the writer and the reader, authenticate (by `hello` unless the
+//! upgrade carried a token), run the session loop, and tear everything down.
+//!
+//! fastwebsockets' `read_frame` is not cancel-safe, so reading happens in
+//! a task of its own that hands whole messages over a one-slot channel; the
+//! session loop can then wait on client messages, server commands and the
+//! close signal together without ever abandoning a half-read frame. The
+//! one slot keeps backpressure: a client that sends faster than its
+//! session handles is not read any faster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::Shared;
 use crate::metrics::GatewayMetrics;
-use crate::outbound::{ConnHandle, Gone};
+use crate::outbound::{ConnHandle, Gone, SessionCommand};
 use crate::reader::{Incoming, MessageReader, ReadError};
 use crate::session::Session;
 use crate::writer::{self, LastSeen, Timing};
@@ -23,10 +30,12 @@ use crate::writer::{self, LastSeen, Timing};
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
+type Message = Result<Incoming, ReadError>;
+
 /// Serves one upgraded connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, ws: WebSocket<TokioIo<Upgraded>>, pre_auth: Option<Claims>) {
     let cfg = &shared.settings.config;
-    let (conn, queue) = shared.register();
+    let (conn, queue, commands) = shared.register();
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
     let (ws_read, _) = fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
     let (control_tx, control_rx) = mpsc::channel(16);
@@ -44,99 +53,179 @@ pub(crate) async fn serve(shared: Arc<Shared>, ws: WebSocket<TokioIo<Upgraded>>,
         timing,
         shared.metrics.clone(),
     ));
-    let mut reader = MessageReader::new(ws_read, cfg.max_frame_bytes, control_tx.clone(), last_seen);
+    let reader = MessageReader::new(ws_read, cfg.max_frame_bytes, control_tx.clone(), last_seen);
+    let (messages_tx, messages) = mpsc::channel(1);
+    let mut reader = tokio::spawn(read_messages(reader, messages_tx));
 
-    let client_closed = run_session(&shared, &conn, control_tx, &mut reader, pre_auth).await;
+    let mut session_loop = SessionLoop {
+        shared: &shared,
+        conn: &conn,
+        messages,
+        commands,
+    };
+    session_loop.run(control_tx, pre_auth).await;
     if !conn.close_signal().is_closed() {
         conn.close(CloseCode::Normal, "");
     }
     let code = writer.await.unwrap_or(1006);
-    if !client_closed {
-        // Read (and drop) until the client's close frame or EOF, so the
-        // socket is not reset under data the client has yet to read.
-        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-            while !matches!(reader.next().await, Ok(Incoming::Close) | Err(_)) {}
-        })
-        .await;
+    // The reader keeps reading (and dropping) until the client answers our
+    // close frame or goes away, so the socket is not reset under data the
+    // client has yet to read; bounded, then abandoned.
+    drop(session_loop);
+    if tokio::time::timeout(CLOSE_REPLY_WAIT, &mut reader).await.is_err() {
+        reader.abort();
     }
     GatewayMetrics::closed(code);
     shared.unregister(&conn);
 }
 
-/// Authenticates and runs the read loop; returns true if the client sent
-/// a close frame.
-async fn run_session<R: AsyncRead + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &Arc<ConnHandle>,
-    control: mpsc::Sender<writer::Control>,
-    reader: &mut MessageReader<R>,
-    pre_auth: Option<Claims>,
-) -> bool {
-    let close = conn.close_signal().clone();
-    let (claims, resume_text) = match pre_auth {
-        Some(claims) => (claims, None),
-        None => match hello(shared, conn, reader).await {
-            Hello::Ok(claims, text) => (claims, Some(text)),
-            Hello::ClientClosed => return true,
-            Hello::Failed => return false,
-        },
-    };
-    tracing::debug!(conn = %conn.conn_id, user = %claims.sub, "authenticated");
-    let mut session = Session::new(shared.clone(), conn.clone(), control, claims);
-    let resume = resume_text
-        .as_deref()
-        .and_then(|text| match ClientFrame::parse(text) {
-            Ok(ClientFrame::Hello { resume, .. }) => Some(resume),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let started = tokio::select! {
-        biased;
-        _ = close.closed() => Err(Gone),
-        res = session.start(resume) => res,
-    };
+/// The reader task: forwards whole messages until the stream ends; once
+/// nobody listens, drains until the client's close frame or an error.
+async fn read_messages<R: AsyncRead + Unpin>(mut reader: MessageReader<R>, messages: mpsc::Sender<Message>) {
+    loop {
+        let message = reader.next().await;
+        let last = matches!(message, Ok(Incoming::Close) | Err(_));
+        if messages.send(message).await.is_err() {
+            break;
+        }
+        if last {
+            return;
+        }
+    }
+    while !matches!(reader.next().await, Ok(Incoming::Close) | Err(_)) {}
+}
 
-    let mut client_closed = false;
-    if started.is_ok() {
-        loop {
-            let message = tokio::select! {
-                biased;
-                _ = close.closed() => break,
-                m = reader.next() => m,
-            };
-            let handled = match message {
-                Ok(Incoming::Text(bytes)) => {
-                    shared.metrics.frames_in.increment(1);
-                    match std::str::from_utf8(&bytes) {
-                        Ok(text) => tokio::select! {
-                            biased;
-                            _ = close.closed() => Err(Gone),
-                            res = session.handle(text) => res,
-                        },
-                        Err(_) => reply_error(conn, ErrorCode::BadRequest, "message is not UTF-8").await,
-                    }
+struct SessionLoop<'a> {
+    shared: &'a Arc<Shared>,
+    conn: &'a Arc<ConnHandle>,
+    messages: mpsc::Receiver<Message>,
+    commands: mpsc::Receiver<SessionCommand>,
+}
+
+impl SessionLoop<'_> {
+    /// Authenticates and runs the session until the connection closes.
+    async fn run(&mut self, control: mpsc::Sender<writer::Control>, pre_auth: Option<Claims>) {
+        let (shared, conn) = (self.shared, self.conn);
+        let close = conn.close_signal().clone();
+        let (claims, resume_text) = match pre_auth {
+            Some(claims) => (claims, None),
+            None => match self.hello().await {
+                Some((claims, text)) => (claims, Some(text)),
+                None => return,
+            },
+        };
+        tracing::debug!(conn = %conn.conn_id, user = %claims.sub, "authenticated");
+        let mut session = Session::new(shared.clone(), conn.clone(), control, claims);
+        let resume = resume_text
+            .as_deref()
+            .and_then(|text| match ClientFrame::parse(text) {
+                Ok(ClientFrame::Hello { resume, .. }) => Some(resume),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let started = tokio::select! {
+            biased;
+            _ = close.closed() => Err(Gone),
+            res = session.start(resume) => res,
+        };
+        if started.is_ok() {
+            loop {
+                let handled = tokio::select! {
+                    biased;
+                    _ = close.closed() => break,
+                    Some(command) = self.commands.recv() => tokio::select! {
+                        biased;
+                        _ = close.closed() => Err(Gone),
+                        res = session.command(command) => res,
+                    },
+                    message = self.messages.recv() => match message {
+                        Some(message) => self.message(&mut session, message).await,
+                        None => Err(Gone),
+                    },
+                };
+                if handled.is_err() {
+                    break;
                 }
-                Ok(Incoming::Binary) => {
-                    shared.metrics.frames_in.increment(1);
-                    reply_error(conn, ErrorCode::BadRequest, "binary messages are not supported").await
+            }
+        }
+        session.cleanup().await;
+    }
+
+    /// Handles one client message.
+    async fn message(&self, session: &mut Session, message: Message) -> Result<(), Gone> {
+        let (shared, conn) = (self.shared, self.conn);
+        let close = conn.close_signal();
+        match message {
+            Ok(Incoming::Text(bytes)) => {
+                shared.metrics.frames_in.increment(1);
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => tokio::select! {
+                        biased;
+                        _ = close.closed() => Err(Gone),
+                        res = session.handle(text) => res,
+                    },
+                    Err(_) => reply_error(conn, ErrorCode::BadRequest, "message is not UTF-8").await,
                 }
-                Ok(Incoming::Close) => {
-                    client_closed = true;
-                    conn.close(CloseCode::Normal, "");
-                    Err(Gone)
-                }
-                Err(e) => {
-                    close_for(conn, &e);
-                    Err(Gone)
-                }
-            };
-            if handled.is_err() {
-                break;
+            }
+            Ok(Incoming::Binary) => {
+                shared.metrics.frames_in.increment(1);
+                reply_error(conn, ErrorCode::BadRequest, "binary messages are not supported").await
+            }
+            Ok(Incoming::Close) => {
+                conn.close(CloseCode::Normal, "");
+                Err(Gone)
+            }
+            Err(e) => {
+                close_for(conn, &e);
+                Err(Gone)
             }
         }
     }
-    session.cleanup().await;
-    client_closed
+
+    /// Waits for `hello` within the hello timeout and verifies its token.
+    async fn hello(&mut self) -> Option<(Claims, String)> {
+        let (shared, conn) = (self.shared, self.conn);
+        let timeout = std::time::Duration::from_millis(shared.settings.config.hello_timeout_ms);
+        let close = conn.close_signal().clone();
+        let message = tokio::select! {
+            biased;
+            _ = close.closed() => return None,
+            m = tokio::time::timeout(timeout, self.messages.recv()) => m,
+        };
+        let text = match message {
+            Err(_) => {
+                conn.close(CloseCode::Unauthorized, "hello timeout");
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Ok(Incoming::Close))) => {
+                conn.close(CloseCode::Normal, "");
+                return None;
+            }
+            Ok(Some(Err(e))) => {
+                close_for(conn, &e);
+                return None;
+            }
+            Ok(Some(Ok(Incoming::Binary))) => None,
+            Ok(Some(Ok(Incoming::Text(bytes)))) => String::from_utf8(bytes.to_vec()).ok(),
+        };
+        shared.metrics.frames_in.increment(1);
+        let token = text.as_deref().and_then(|t| match ClientFrame::parse(t) {
+            Ok(ClientFrame::Hello { token, .. }) => Some(token),
+            _ => None,
+        });
+        let Some(token) = token else {
+            unauthorized(conn, "the first message must be hello").await;
+            return None;
+        };
+        match shared.settings.verifier.verify(&token) {
+            Ok(claims) => Some((claims, text.unwrap_or_default())),
+            Err(e) => {
+                unauthorized(conn, &e.to_string()).await;
+                None
+            }
+        }
+    }
 }
 
 async fn reply_error(conn: &ConnHandle, code: ErrorCode, message: &str) -> Result<(), Gone> {
@@ -161,60 +250,7 @@ fn close_for(conn: &ConnHandle, error: &ReadError) {
     }
 }
 
-enum Hello {
-    /// Authenticated; the hello text is kept for its `resume` map.
-    Ok(Claims, String),
-    ClientClosed,
-    Failed,
-}
-
-/// Waits for `hello` within the hello timeout and verifies its token.
-async fn hello<R: AsyncRead + Unpin>(
-    shared: &Shared,
-    conn: &ConnHandle,
-    reader: &mut MessageReader<R>,
-) -> Hello {
-    let timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
-    let close = conn.close_signal().clone();
-    // Abandoning a read is only safe because every outcome but success
-    // closes the connection.
-    let message = tokio::select! {
-        biased;
-        _ = close.closed() => return Hello::Failed,
-        m = tokio::time::timeout(timeout, reader.next()) => m,
-    };
-    let text = match message {
-        Err(_) => {
-            conn.close(CloseCode::Unauthorized, "hello timeout");
-            return Hello::Failed;
-        }
-        Ok(Ok(Incoming::Close)) => {
-            conn.close(CloseCode::Normal, "");
-            return Hello::ClientClosed;
-        }
-        Ok(Err(e)) => {
-            close_for(conn, &e);
-            return Hello::Failed;
-        }
-        Ok(Ok(Incoming::Binary)) => None,
-        Ok(Ok(Incoming::Text(bytes))) => String::from_utf8(bytes.to_vec()).ok(),
-    };
-    shared.metrics.frames_in.increment(1);
-    let token = text.as_deref().and_then(|t| match ClientFrame::parse(t) {
-        Ok(ClientFrame::Hello { token, .. }) => Some(token),
-        _ => None,
-    });
-    let Some(token) = token else {
-        return unauthorized(conn, "the first message must be hello").await;
-    };
-    match shared.settings.verifier.verify(&token) {
-        Ok(claims) => Hello::Ok(claims, text.unwrap_or_default()),
-        Err(e) => unauthorized(conn, &e.to_string()).await,
-    }
-}
-
-async fn unauthorized(conn: &ConnHandle, message: &str) -> Hello {
+async fn unauthorized(conn: &ConnHandle, message: &str) {
     let _ = reply_error(conn, ErrorCode::Unauthorized, message).await;
     conn.close(CloseCode::Unauthorized, "unauthorized");
-    Hello::Failed
 }

@@ -20,13 +20,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use herald_broker::{EventRecord, Feed, FeedSink};
+use herald_broker::{Broker, EventRecord, Feed, FeedSink};
+use herald_common::control::Command;
 use herald_common::policy::{Policies, Retention};
+use herald_common::protocol::{CloseCode, LeftReason};
 use herald_common::protocol::{Position, ServerFrame};
 use herald_common::rooms::RoomName;
+use herald_common::rooms::RoomPattern;
 
 use crate::metrics::GatewayMetrics;
-use crate::outbound::{ConnHandle, Outbound};
+use crate::outbound::{ConnHandle, Outbound, SessionCommand};
 
 const SHARDS: usize = 64;
 
@@ -60,6 +63,8 @@ struct LocalRoom {
 pub struct Hub {
     shards: Box<[Mutex<HashMap<RoomName, LocalRoom>>]>,
     feed: std::sync::OnceLock<Arc<dyn Feed>>,
+    /// For replies to the server API's commands.
+    broker: std::sync::OnceLock<Arc<dyn Broker>>,
     /// Cap on events buffered for one pending member.
     pending_cap: usize,
     rooms: AtomicI64,
@@ -78,15 +83,77 @@ impl Hub {
             policies,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             feed: std::sync::OnceLock::new(),
+            broker: std::sync::OnceLock::new(),
             pending_cap,
             rooms: AtomicI64::new(0),
             metrics,
         }
     }
 
-    /// Connects the hub to the broker feed it was attached with.
-    pub fn set_feed(&self, feed: Arc<dyn Feed>) {
+    /// Connects the hub to the broker and the feed it was attached with.
+    pub fn connect(&self, broker: Arc<dyn Broker>, feed: Arc<dyn Feed>) {
+        let _ = self.broker.set(broker);
         let _ = self.feed.set(feed);
+    }
+
+    /// Local connections in `room`.
+    fn members_of(&self, room: &RoomName) -> Vec<Arc<ConnHandle>> {
+        let shard = self.shard(room);
+        shard
+            .get(room)
+            .map(|local| local.members.values().map(|m| m.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Carries out a server API command received on `room` (the user's or
+    /// role's room); returns how many local connections it affected.
+    fn apply(&self, room: &RoomName, command: Command) -> u64 {
+        match command {
+            Command::Disconnect { user } => {
+                if room.strip_prefix("user:") != Some(user.as_str()) {
+                    return 0;
+                }
+                let conns = self.members_of(room);
+                for conn in &conns {
+                    conn.close(CloseCode::Kicked, "disconnected by the server");
+                }
+                conns.len() as u64
+            }
+            Command::Unsubscribe { user, room: target } => {
+                let Ok(target) = RoomName::new(&target) else {
+                    return 0;
+                };
+                if room.strip_prefix("user:") != Some(user.as_str()) {
+                    return 0;
+                }
+                let in_target: std::collections::HashSet<u64> =
+                    self.members_of(&target).iter().map(|c| c.id).collect();
+                let mut count = 0;
+                for conn in self.members_of(room).iter().filter(|c| in_target.contains(&c.id)) {
+                    conn.command(SessionCommand::Leave {
+                        room: target.clone(),
+                        reason: LeftReason::Unsubscribed,
+                    });
+                    count += 1;
+                }
+                count
+            }
+            Command::Revoke { subject, pattern } => {
+                let Ok(pattern) = RoomPattern::parse(&pattern) else {
+                    return 0;
+                };
+                if subject != room.as_str() {
+                    return 0;
+                }
+                let conns = self.members_of(room);
+                for conn in &conns {
+                    conn.command(SessionCommand::Recheck {
+                        pattern: pattern.clone(),
+                    });
+                }
+                conns.len() as u64
+            }
+        }
     }
 
     fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<RoomName, LocalRoom>> {
@@ -205,10 +272,7 @@ impl Hub {
             match &mut member.pending {
                 Some(buffer) => {
                     if buffer.len() >= self.pending_cap {
-                        member.conn.close(
-                            herald_common::protocol::CloseCode::SlowConsumer,
-                            "slow consumer (join)",
-                        );
+                        member.conn.close(CloseCode::SlowConsumer, "slow consumer (join)");
                     } else {
                         buffer.push(item());
                     }
@@ -289,10 +353,29 @@ impl FeedSink for Hub {
         self.fan_out_locked(local, || Buffered::Frame(frame.clone()), None);
     }
 
-    fn on_control(&self, room: &RoomName, _payload: &Bytes) {
-        // Control commands (disconnect, unsubscribe, revoke) arrive with the
-        // server API's access-control work; until then there are none to act on.
-        tracing::debug!(room = %room, "control message ignored");
+    fn on_control(&self, room: &RoomName, payload: &Bytes) {
+        let Some((request_id, command)) = herald_broker::split_request(payload) else {
+            tracing::warn!(room = %room, "malformed control message ignored");
+            return;
+        };
+        let count = match Command::parse(command) {
+            Some(command) => self.apply(room, command),
+            None => {
+                tracing::warn!(room = %room, "unknown control command ignored");
+                0
+            }
+        };
+        // Every node that received the request replies, so the requester
+        // knows when it has heard from all of them.
+        if let Some(broker) = self.broker.get() {
+            let broker = broker.clone();
+            let request_id = request_id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = broker.reply(&request_id, count).await {
+                    tracing::warn!(error = %e, "control reply failed");
+                }
+            });
+        }
     }
 
     fn last_position(&self, room: &RoomName) -> Option<(Position, Retention)> {
@@ -335,7 +418,7 @@ mod tests {
     fn pending_member_gets_reply_then_only_newer_events() {
         let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
-        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        let (conn, mut rx, _) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
         for offset in 1..=4 {
             hub.on_event(&room, "e", &record(offset));
@@ -367,7 +450,7 @@ mod tests {
     fn member_whose_buffer_holds_only_old_events_still_goes_live() {
         let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
-        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        let (conn, mut rx, _) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
         hub.on_event(&room, "e", &record(1));
         let position = Position {
@@ -387,7 +470,7 @@ mod tests {
     fn gap_or_new_epoch_sends_resync_first() {
         let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
-        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 64);
+        let (conn, mut rx, _) = ConnHandle::new(1, "n.1".into(), 64);
         hub.add_pending(&room, &conn);
         hub.drain_pending(
             &room,
@@ -412,8 +495,8 @@ mod tests {
     fn transient_frames_skip_the_excluded_connection() {
         let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
-        let (a, mut rx_a) = ConnHandle::new(1, "n.1".into(), 8);
-        let (b, mut rx_b) = ConnHandle::new(2, "n.2".into(), 8);
+        let (a, mut rx_a, _) = ConnHandle::new(1, "n.1".into(), 8);
+        let (b, mut rx_b, _) = ConnHandle::new(2, "n.2".into(), 8);
         for c in [&a, &b] {
             hub.add_pending(&room, c);
             hub.drain_pending(
@@ -438,8 +521,8 @@ mod tests {
     fn slow_member_is_cut_and_others_still_receive() {
         let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
         let room = RoomName::new("r").unwrap();
-        let (slow, _rx_slow) = ConnHandle::new(1, "n.1".into(), 2);
-        let (fast, mut rx_fast) = ConnHandle::new(2, "n.2".into(), 64);
+        let (slow, _rx_slow, _) = ConnHandle::new(1, "n.1".into(), 2);
+        let (fast, mut rx_fast, _) = ConnHandle::new(2, "n.2".into(), 64);
         for c in [&slow, &fast] {
             hub.add_pending(&room, c);
             hub.drain_pending(

@@ -25,6 +25,7 @@ use herald_common::protocol::CloseCode;
 use tokio::sync::mpsc;
 
 mod connection;
+mod grants;
 pub mod hub;
 pub mod metrics;
 pub mod outbound;
@@ -44,6 +45,9 @@ pub struct GatewaySettings {
     pub config: GatewayConfig,
     pub verifier: Arc<JwtVerifier>,
     pub policies: Arc<Policies>,
+    /// The store of grants (`join = "grant"` rooms); without one only the
+    /// token's `rooms` claim admits to them.
+    pub store: Option<herald_store::Store>,
 }
 
 /// State shared by every connection of the node.
@@ -52,6 +56,7 @@ pub(crate) struct Shared {
     broker: Arc<dyn Broker>,
     feed: Arc<dyn Feed>,
     hub: Arc<Hub>,
+    grants: grants::GrantCache,
     metrics: GatewayMetrics,
     /// Open connections, for the drain.
     conns: Mutex<HashMap<u64, Arc<ConnHandle>>>,
@@ -68,10 +73,16 @@ impl Shared {
     }
 
     /// Creates and registers a connection's handle.
-    fn register(&self) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    fn register(
+        &self,
+    ) -> (
+        Arc<ConnHandle>,
+        mpsc::Receiver<Outbound>,
+        mpsc::Receiver<outbound::SessionCommand>,
+    ) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn_id = format!("{}.{id}", self.settings.node_id);
-        let (conn, queue) = ConnHandle::new(id, conn_id, self.settings.config.outbound_queue);
+        let (conn, queue, commands) = ConnHandle::new(id, conn_id, self.settings.config.outbound_queue);
         self.conns().insert(id, conn.clone());
         if self.draining.load(Ordering::Relaxed) {
             // Upgraded while the drain began: it is not in the drain's
@@ -79,7 +90,7 @@ impl Shared {
             conn.close(CloseCode::GoingAway, "node draining");
         }
         self.metrics.connections_accepted.increment(1);
-        (conn, queue)
+        (conn, queue, commands)
     }
 
     fn unregister(&self, conn: &ConnHandle) {
@@ -147,13 +158,15 @@ impl Gateway {
             settings.policies.clone(),
         ));
         let feed = broker.attach(hub.clone());
-        hub.set_feed(feed.clone());
+        hub.connect(broker.clone(), feed.clone());
+        let grants = grants::GrantCache::new(settings.store.clone());
         let gateway = Self {
             shared: Arc::new(Shared {
                 settings,
                 broker,
                 feed,
                 hub,
+                grants,
                 metrics,
                 conns: Mutex::new(HashMap::new()),
                 open: AtomicUsize::new(0),

@@ -24,6 +24,24 @@ pub enum Outbound {
     Frame(Bytes),
 }
 
+/// A command for a connection's session from elsewhere in the node (the
+/// server API's commands, delivered through the hub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// Leave `room`, telling the client why.
+    Leave {
+        room: herald_common::rooms::RoomName,
+        reason: herald_common::protocol::LeftReason,
+    },
+    /// A grant matching `pattern` was removed: re-check those rooms.
+    Recheck {
+        pattern: herald_common::rooms::RoomPattern,
+    },
+}
+
+/// Commands a session may have waiting before it is considered stuck.
+const COMMAND_QUEUE: usize = 32;
+
 /// Why and how a connection is being closed; the first reason wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseReason {
@@ -73,20 +91,41 @@ pub struct ConnHandle {
     /// Cluster-unique id, as sent in `welcome.conn`.
     pub conn_id: String,
     queue: mpsc::Sender<Outbound>,
+    commands: mpsc::Sender<SessionCommand>,
     close: CloseSignal,
 }
 
 impl ConnHandle {
-    /// Creates the handle and the receiving end for the writer task.
-    pub fn new(id: u64, conn_id: String, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+    /// Creates the handle, the receiving end for the writer task and the
+    /// session's command receiver.
+    pub fn new(
+        id: u64,
+        conn_id: String,
+        capacity: usize,
+    ) -> (
+        Arc<Self>,
+        mpsc::Receiver<Outbound>,
+        mpsc::Receiver<SessionCommand>,
+    ) {
         let (queue, rx) = mpsc::channel(capacity);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = Arc::new(Self {
             id,
             conn_id,
             queue,
+            commands,
             close: CloseSignal::default(),
         });
-        (handle, rx)
+        (handle, rx, commands_rx)
+    }
+
+    /// Hands a command to the session without waiting. A session with a
+    /// backlog of commands is stuck; it is closed (1001: reconnect) rather
+    /// than left holding rooms it should have left.
+    pub fn command(&self, command: SessionCommand) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send(command) {
+            self.close(CloseCode::GoingAway, "session overloaded");
+        }
     }
 
     /// Enqueues a frame without waiting; on a full queue the connection is
@@ -153,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_closes_with_4009_and_keeps_first_reason() {
-        let (conn, mut rx) = ConnHandle::new(1, "n.1".into(), 2);
+        let (conn, mut rx, _commands) = ConnHandle::new(1, "n.1".into(), 2);
         let frame = Bytes::from_static(b"{}");
         assert!(conn.push_event(&frame, 0));
         assert!(conn.push_event(&frame, 0));

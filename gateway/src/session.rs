@@ -22,11 +22,18 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::outbound::{ConnHandle, Gone};
+use crate::outbound::{ConnHandle, Gone, SessionCommand};
 use crate::writer::Control;
 
 /// Longest event name a client may publish.
 const MAX_EVENT_NAME: usize = 200;
+
+/// Why a join is refused.
+enum Refusal {
+    Forbidden(&'static str),
+    /// The grants could not be read.
+    Unavailable,
+}
 
 /// What the session keeps about a room it is in.
 struct Joined {
@@ -191,37 +198,86 @@ impl Session {
         }
     }
 
-    /// Whether this user may join `room` (PROTOCOL.md §1.4).
-    fn may_join(&self, room: &RoomName, policy: &RoomPolicy) -> Result<(), &'static str> {
+    /// Whether this user may join `room` (PROTOCOL.md §1.4). `fresh`
+    /// bypasses the grant cache (re-checks after a revocation).
+    async fn may_join(&self, room: &RoomName, policy: &RoomPolicy, fresh: bool) -> Result<(), Refusal> {
         if let Some(user) = room.strip_prefix("user:") {
             return if user == self.claims.sub {
                 Ok(())
             } else {
-                Err("another user's room")
+                Err(Refusal::Forbidden("another user's room"))
             };
         }
         if let Some(role) = room.strip_prefix("role:") {
             return if self.claims.roles.iter().any(|r| r == role) {
                 Ok(())
             } else {
-                Err("a role this user does not hold")
+                Err(Refusal::Forbidden("a role this user does not hold"))
             };
         }
-        if room.as_str() == BROADCAST_ROOM {
+        if room.as_str() == BROADCAST_ROOM || policy.join == JoinRule::Anyone {
             return Ok(());
         }
-        match policy.join {
-            JoinRule::Anyone => Ok(()),
-            // Stored grants are looked up once the store holds them; until
-            // then a `grant` room is joined through the token's claim.
-            JoinRule::Claims | JoinRule::Grant => {
-                if RoomPattern::any_matches(&self.claims.rooms, room) {
-                    Ok(())
-                } else {
-                    Err("not allowed by the token's rooms claim")
+        if RoomPattern::any_matches(&self.claims.rooms, room) {
+            return Ok(());
+        }
+        if policy.join == JoinRule::Claims {
+            return Err(Refusal::Forbidden("not allowed by the token's rooms claim"));
+        }
+        let mut subjects = Vec::with_capacity(1 + self.claims.roles.len());
+        subjects.push(format!("user:{}", self.claims.sub));
+        subjects.extend(self.claims.roles.iter().map(|r| format!("role:{r}")));
+        match self.shared.grants.patterns(subjects, fresh).await {
+            Ok(granted) if RoomPattern::any_matches(&granted, room) => Ok(()),
+            Ok(_) => Err(Refusal::Forbidden("no claim or grant allows it")),
+            Err(e) => {
+                tracing::warn!(error = %e, "grant look-up failed");
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+
+    /// Carries out a command from the server API.
+    pub(crate) async fn command(&mut self, command: SessionCommand) -> Result<(), Gone> {
+        match command {
+            SessionCommand::Leave { room, reason } => {
+                if self.rooms.contains_key(&room) {
+                    self.exit(&room).await;
+                    self.send_left(None, &room, reason).await?;
+                }
+            }
+            SessionCommand::Recheck { pattern } => {
+                let affected: Vec<RoomName> = self
+                    .rooms
+                    .keys()
+                    .filter(|room| pattern.matches(room))
+                    .cloned()
+                    .collect();
+                for room in affected {
+                    let policy = self.shared.settings.policies.lookup(&room).clone();
+                    if policy.join != JoinRule::Grant {
+                        continue;
+                    }
+                    if let Err(Refusal::Forbidden(_)) = self.may_join(&room, &policy, true).await {
+                        self.exit(&room).await;
+                        self.send_left(None, &room, LeftReason::Revoked).await?;
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn send_left(&self, id: Option<u64>, room: &RoomName, reason: LeftReason) -> Result<(), Gone> {
+        self.reply(
+            ServerFrame::Left {
+                id,
+                room: room.as_str(),
+                reason,
+            }
+            .to_bytes(),
+        )
+        .await
     }
 
     async fn join(&mut self, id: Option<u64>, room: &str, since: Option<&RawValue>) -> Result<(), Gone> {
@@ -239,10 +295,18 @@ impl Session {
                 .reply_error(id, ErrorCode::Forbidden, "too many rooms on this connection")
                 .await;
         }
-        if let Err(why) = self.may_join(&room, &policy) {
-            return self
-                .reply_error(id, ErrorCode::Forbidden, &format!("cannot join {room}: {why}"))
-                .await;
+        match self.may_join(&room, &policy, false).await {
+            Ok(()) => {}
+            Err(Refusal::Forbidden(why)) => {
+                return self
+                    .reply_error(id, ErrorCode::Forbidden, &format!("cannot join {room}: {why}"))
+                    .await;
+            }
+            Err(Refusal::Unavailable) => {
+                return self
+                    .reply_error(id, ErrorCode::Unavailable, "cannot check grants now; retry")
+                    .await;
+            }
         }
         let since = match since.map(parse_position).transpose() {
             Ok(since) => since,
@@ -407,15 +471,7 @@ impl Session {
                 .await;
         }
         self.exit(&room).await;
-        self.reply(
-            ServerFrame::Left {
-                id,
-                room: room.as_str(),
-                reason: LeftReason::Request,
-            }
-            .to_bytes(),
-        )
-        .await
+        self.send_left(id, &room, LeftReason::Request).await
     }
 
     async fn publish(
