@@ -116,8 +116,6 @@ where
     let body: PublishBody = read_json(headers, body, state.max_body_bytes).await?;
     check_event(&body.event)?;
     let data = require_data(body.data)?;
-    // Accepted and validated now so that clients can start sending it; the
-    // 24 h deduplication it promises (PROTOCOL.md §2) comes with the store.
     if let Some(key) = &body.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
     {
@@ -128,11 +126,11 @@ where
     let rooms = target_rooms(body.room, body.rooms)?;
 
     let mut positions = BTreeMap::new();
-    // Rooms are published one after another. A broker failure part way
-    // leaves the earlier rooms published and answers 503; a retry publishes
-    // those again until idempotency keys deduplicate it.
+    // Rooms are published one after another, each at most once per
+    // idempotency key: a retry after a failure part way publishes only the
+    // rooms that were missed and answers every room's first position.
     for room in &rooms {
-        let position = publish_one(state, room, &body.event, &data).await?;
+        let position = publish_one(state, room, &body.event, &data, body.idempotency_key.as_deref()).await?;
         positions.insert(room.as_str(), position);
     }
     json_ok(&PublishAnswer { positions })
@@ -151,7 +149,7 @@ where
     let body: BroadcastBody = read_json(headers, body, state.max_body_bytes).await?;
     check_event(&body.event)?;
     let data = require_data(body.data)?;
-    let position = publish_one(state, &RoomName::broadcast(), &body.event, &data).await?;
+    let position = publish_one(state, &RoomName::broadcast(), &body.event, &data, None).await?;
     json_ok(&position)
 }
 
@@ -160,17 +158,19 @@ async fn publish_one(
     room: &RoomName,
     event: &str,
     data: &RawValue,
+    idempotency_key: Option<&str>,
 ) -> Result<Position, ApiError> {
-    let position = state
-        .broker
-        .publish(PublishRequest {
-            room,
-            event,
-            data,
-            retention: state.policies.lookup(room).retention,
-            notification: None,
-        })
-        .await?;
+    let req = PublishRequest {
+        room,
+        event,
+        data,
+        retention: state.policies.lookup(room).retention,
+        notification: None,
+    };
+    let position = match idempotency_key {
+        Some(key) => state.broker.publish_once(req, key).await?,
+        None => state.broker.publish(req).await?,
+    };
     metrics::counter!("herald_publishes_total").increment(1);
     Ok(position)
 }

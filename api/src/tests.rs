@@ -165,14 +165,49 @@ async fn publish_several_rooms() {
     for room in ["a", "b", "c"] {
         assert_eq!(a.json["positions"][room]["offset"], 1, "{room}");
     }
-    // Idempotency is not implemented yet: the same key publishes again.
-    let a = post(&api, "/v1/publish", body).await;
-    for room in ["a", "b", "c"] {
-        assert_eq!(a.json["positions"][room]["offset"], 2, "{room}");
-    }
-    // Each room now holds both events.
+    // The same key publishes once and answers the first positions.
+    let again = post(&api, "/v1/publish", body.clone()).await;
+    assert_eq!(again.json, a.json);
     let h = get(&api, "/v1/rooms/b/history").await;
-    assert_eq!(h.json["events"].as_array().unwrap().len(), 2);
+    assert_eq!(h.json["events"].as_array().unwrap().len(), 1);
+    // A new room under the same key is published (a retry after a partial
+    // failure completes it); the others keep their first position.
+    let mut wider = body;
+    wider["rooms"] = json!(["a", "b", "c", "d"]);
+    let w = post(&api, "/v1/publish", wider).await;
+    assert_eq!(w.json["positions"]["d"]["offset"], 1);
+    assert_eq!(w.json["positions"]["a"], a.json["positions"]["a"]);
+    // Another key publishes again.
+    let other = post(
+        &api,
+        "/v1/publish",
+        json!({"room": "a", "event": "e", "data": 1, "idempotency_key": "k-2"}),
+    )
+    .await;
+    assert_eq!(other.json["positions"]["a"]["offset"], 2);
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_key_publish_once() {
+    let api = api();
+    let body = json!({"room": "race", "event": "e", "data": 1, "idempotency_key": "same"});
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let api = api.clone();
+            let body = body.clone();
+            tokio::spawn(async move { post(&api, "/v1/publish", body).await.json })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap()["positions"]["race"]["offset"], 1);
+    }
+    assert_eq!(
+        get(&api, "/v1/rooms/race/history").await.json["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -711,6 +746,9 @@ impl Broker for DownBroker {
         Err(down())
     }
     async fn publish_control(&self, _: &RoomName, _: Bytes) -> Result<(), BrokerError> {
+        Err(down())
+    }
+    async fn publish_once(&self, _: PublishRequest<'_>, _: &str) -> Result<Position, BrokerError> {
         Err(down())
     }
     async fn request(&self, _: &RoomName, _: &[u8]) -> Result<u64, BrokerError> {

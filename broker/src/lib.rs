@@ -130,6 +130,12 @@ pub trait Broker: Send + Sync + 'static {
     /// subscribed node; returns the event's position.
     async fn publish(&self, req: PublishRequest<'_>) -> Result<Position, BrokerError>;
 
+    /// [`publish`](Broker::publish), at most once per `key` and room within
+    /// [`IDEMPOTENCY_TTL`]: a repeat returns the first position and
+    /// publishes nothing, also when repeats race on several API nodes (the
+    /// check and the publish are one atomic step).
+    async fn publish_once(&self, req: PublishRequest<'_>, key: &str) -> Result<Position, BrokerError>;
+
     /// The room's newest position (creating its epoch at first use).
     async fn position(&self, room: &RoomName, retention: Retention) -> Result<Position, BrokerError>;
 
@@ -185,6 +191,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Gateway nodes that sent a heartbeat recently.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
 }
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// How long a [`Broker::request`] waits for the nodes' replies.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

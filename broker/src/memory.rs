@@ -89,6 +89,8 @@ struct Inner {
     sinks: RwLock<Vec<Arc<dyn FeedSink>>>,
     /// Heartbeats by node id.
     nodes: Mutex<HashMap<String, NodeInfo>>,
+    /// Idempotency keys: (room, key) → first position and its expiry.
+    published_once: Mutex<HashMap<(RoomName, String), (Position, Instant)>>,
     /// Requests awaiting replies: id → (replies still expected, sum).
     requests: Mutex<HashMap<String, (usize, u64)>>,
     replied: tokio::sync::Notify,
@@ -121,6 +123,7 @@ impl MemoryBroker {
             presence: Mutex::new(HashMap::new()),
             sinks: RwLock::new(Vec::new()),
             nodes: Mutex::new(HashMap::new()),
+            published_once: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
             replied: tokio::sync::Notify::new(),
         });
@@ -134,6 +137,30 @@ impl MemoryBroker {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
         lock(&self.inner.shards[h.finish() as usize % SHARDS])
+    }
+
+    /// Publishes synchronously: offset, history, delivery, all under the
+    /// room's lock.
+    fn publish_now(&self, req: PublishRequest<'_>) -> Position {
+        let ts = herald_common::now_ms();
+        self.with_room(req.room, req.retention, |state| {
+            let now = Instant::now();
+            state.newest += 1;
+            state.meta_expires = now + Duration::from_secs(req.retention.meta_ttl_s);
+            let record = EventRecord {
+                offset: state.newest,
+                ts,
+                frame: event_frame(&req, state.newest, &state.epoch, ts),
+            };
+            for sink in self.sinks().iter() {
+                sink.on_event(req.room, &state.epoch, &record);
+            }
+            state.history.push_back((now, record));
+            if state.history.len() > req.retention.history_size as usize {
+                state.history.pop_front();
+            }
+            state.position()
+        })
     }
 
     fn sinks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<dyn FeedSink>>> {
@@ -168,25 +195,26 @@ async fn sweep(inner: Weak<Inner>) {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<Position, BrokerError> {
-        let ts = herald_common::now_ms();
-        Ok(self.with_room(req.room, req.retention, |state| {
-            let now = Instant::now();
-            state.newest += 1;
-            state.meta_expires = now + Duration::from_secs(req.retention.meta_ttl_s);
-            let record = EventRecord {
-                offset: state.newest,
-                ts,
-                frame: event_frame(&req, state.newest, &state.epoch, ts),
-            };
-            for sink in self.sinks().iter() {
-                sink.on_event(req.room, &state.epoch, &record);
-            }
-            state.history.push_back((now, record));
-            if state.history.len() > req.retention.history_size as usize {
-                state.history.pop_front();
-            }
-            state.position()
-        }))
+        Ok(self.publish_now(req))
+    }
+
+    async fn publish_once(&self, req: PublishRequest<'_>, key: &str) -> Result<Position, BrokerError> {
+        // Held across the check and the (synchronous) publish, so racing
+        // repeats are serialized and the second finds the first's position.
+        let mut once = lock(&self.inner.published_once);
+        let now = Instant::now();
+        let id = (req.room.clone(), key.to_string());
+        if let Some((position, expires)) = once.get(&id)
+            && now < *expires
+        {
+            return Ok(position.clone());
+        }
+        let position = self.publish_now(req);
+        if once.len() % 1024 == 1023 {
+            once.retain(|_, (_, expires)| now < *expires);
+        }
+        once.insert(id, (position.clone(), now + crate::IDEMPOTENCY_TTL));
+        Ok(position)
     }
 
     async fn position(&self, room: &RoomName, retention: Retention) -> Result<Position, BrokerError> {

@@ -92,8 +92,6 @@ async fn publish_to_several_rooms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "contract feature not implemented yet: api/src/publish.rs accepts idempotency_key but does not \
-            deduplicate (run with --ignored once it does)"]
 async fn idempotency_key_publishes_once() {
     let h = Herald::start(CONFIG).await;
     let body = json!({"room": "api:idem", "event": "order", "data": {"n": 1}, "idempotency_key": "order-1"});

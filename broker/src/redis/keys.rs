@@ -31,6 +31,11 @@ pub fn presence_expiry(room: &RoomName) -> String {
     format!("herald:{{{room}}}:presence-exp")
 }
 
+/// An idempotency key used on the room (its first position).
+pub fn idempotency(room: &RoomName, key: &str) -> String {
+    format!("herald:{{{room}}}:once:{key}")
+}
+
 /// Replies to one control request (a list of counts, short-lived).
 pub fn reply(request_id: &str) -> String {
     format!("herald:reply:{request_id}")

@@ -139,6 +139,36 @@ impl RedisBroker {
         Ok(broker)
     }
 
+    /// Runs the publish script, with an idempotency key or without.
+    async fn run_publish(
+        &self,
+        req: PublishRequest<'_>,
+        once: Option<&str>,
+    ) -> Result<Position, BrokerError> {
+        let head = frame_head(&req);
+        let tail = match req.notification {
+            Some(id) => format!(",\"notification\":{}", json_string(id)),
+            None => String::new(),
+        };
+        let mut conn = self.conn().await?;
+        let mut invocation = scripts::PUBLISH.prepare_invoke();
+        invocation.key(keys::meta(req.room)).key(keys::history(req.room));
+        if let Some(key) = once {
+            invocation.key(keys::idempotency(req.room, key));
+        }
+        invocation
+            .arg(keys::channel(req.room))
+            .arg(herald_common::random_hex(8))
+            .arg(head)
+            .arg(tail)
+            .arg(req.retention.history_size)
+            .arg(req.retention.history_ttl_s.saturating_mul(1000).max(1))
+            .arg(req.retention.meta_ttl_s.saturating_mul(1000).max(1))
+            .arg(crate::IDEMPOTENCY_TTL.as_millis() as u64);
+        let (offset, epoch, _ts): (u64, String, u64) = bounded(invocation.invoke_async(&mut *conn)).await?;
+        Ok(Position { offset, epoch })
+    }
+
     async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
         bounded(self.inner.pool.get()).await
     }
@@ -249,25 +279,11 @@ async fn refresh_presence(inner: std::sync::Weak<Inner>) {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<Position, BrokerError> {
-        let head = frame_head(&req);
-        let tail = match req.notification {
-            Some(id) => format!(",\"notification\":{}", json_string(id)),
-            None => String::new(),
-        };
-        let mut conn = self.conn().await?;
-        let mut invocation = scripts::PUBLISH.prepare_invoke();
-        invocation
-            .key(keys::meta(req.room))
-            .key(keys::history(req.room))
-            .arg(keys::channel(req.room))
-            .arg(herald_common::random_hex(8))
-            .arg(head)
-            .arg(tail)
-            .arg(req.retention.history_size)
-            .arg(req.retention.history_ttl_s.saturating_mul(1000).max(1))
-            .arg(req.retention.meta_ttl_s.saturating_mul(1000).max(1));
-        let (offset, epoch, _ts): (u64, String, u64) = bounded(invocation.invoke_async(&mut *conn)).await?;
-        Ok(Position { offset, epoch })
+        self.run_publish(req, None).await
+    }
+
+    async fn publish_once(&self, req: PublishRequest<'_>, key: &str) -> Result<Position, BrokerError> {
+        self.run_publish(req, Some(key)).await
     }
 
     async fn position(&self, room: &RoomName, retention: Retention) -> Result<Position, BrokerError> {

@@ -32,13 +32,22 @@ end
 /// client frame (offset, epoch and the server's `ts`), appends it to the
 /// capped history, refreshes the TTLs and publishes it.
 ///
-/// KEYS: meta, history. ARGV: channel, new epoch, frame head (the frame up
-/// to and including `data`), frame tail (`,"notification":…` or empty),
-/// history size, history TTL (ms), meta TTL (ms).
+/// KEYS: meta, history, and optionally an idempotency key. ARGV: channel,
+/// new epoch, frame head (the frame up to and including `data`), frame tail
+/// (`,"notification":…` or empty), history size, history TTL (ms), meta TTL
+/// (ms), idempotency TTL (ms). With an idempotency key that was already
+/// used, nothing is published and the first `{offset, epoch}` is returned.
 /// Returns `{offset, epoch, ts}`.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{ENSURE_META}
+if KEYS[3] then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then
+    local offset, epoch = string.match(prior, '^(%d+) (.+)$')
+    return {{tonumber(offset), epoch, 0}}
+  end
+end
 local epoch = ensure_meta(KEYS[1], KEYS[2], ARGV[2], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'newest', 1)
 local t = redis.call('TIME')
@@ -48,6 +57,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], offset .. '-0', 'ts', ts, 'f
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[1], 'E ' .. offset .. ' ' .. epoch .. ' ' .. ts .. '\n' .. frame)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], offset .. ' ' .. epoch, 'PX', ARGV[8])
+end
 return {{offset, epoch, ts}}
 "#
     ))
