@@ -32,6 +32,7 @@ mod body;
 mod error;
 mod grants;
 mod notifications;
+pub mod outbox;
 mod publish;
 mod rooms;
 mod router;
