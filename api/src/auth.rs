@@ -31,7 +31,9 @@ pub fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
 }
 
 /// Checks the request's credentials against `keys`.
-pub fn authorize(headers: &HeaderMap, keys: &[String]) -> Result<(), ApiError> {
+/// Returns the index of the matching key (a name for the key that is not
+/// the key itself, e.g. for its rate limit).
+pub fn authorize(headers: &HeaderMap, keys: &[String]) -> Result<usize, ApiError> {
     if keys.is_empty() {
         // Refusing everything is the safe reading of an empty key list: an
         // API that forgot its keys must not become an open API.
@@ -41,12 +43,14 @@ pub fn authorize(headers: &HeaderMap, keys: &[String]) -> Result<(), ApiError> {
         ));
     }
     let presented = bearer_token(headers)?;
-    // `|` rather than `any`: every key is compared even after a match.
-    let matched = keys.iter().fold(false, |found, key| {
-        found | constant_time_eq(presented.as_bytes(), key.as_bytes())
+    // Every key is compared even after a match, so timing does not tell
+    // which key (or how much of one) matched.
+    let matched = keys.iter().enumerate().fold(None, |found, (i, key)| {
+        let equal = constant_time_eq(presented.as_bytes(), key.as_bytes());
+        found.or(equal.then_some(i))
     });
-    if matched {
-        Ok(())
+    if let Some(index) = matched {
+        Ok(index)
     } else {
         Err(ApiError::new(ErrorCode::Forbidden, "the API key is not valid"))
     }
@@ -116,9 +120,9 @@ mod tests {
 
     #[test]
     fn accepts_any_configured_key() {
-        assert_eq!(authorize(&headers(&["Bearer first"]), &keys()), Ok(()));
-        assert_eq!(authorize(&headers(&["Bearer second"]), &keys()), Ok(()));
-        assert_eq!(authorize(&headers(&["bearer second"]), &keys()), Ok(()));
+        assert_eq!(authorize(&headers(&["Bearer first"]), &keys()), Ok(0));
+        assert_eq!(authorize(&headers(&["Bearer second"]), &keys()), Ok(1));
+        assert_eq!(authorize(&headers(&["bearer second"]), &keys()), Ok(1));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// The `allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// The `retry-after` header of a 429, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -34,7 +36,15 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After` in whole seconds.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let mut e = Self::new(ErrorCode::RateLimited, "too many requests for this API key");
+        e.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
+        e
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -50,6 +60,7 @@ impl ApiError {
             code: ErrorCode::BadRequest,
             message: format!("method not allowed; allowed: {allow}"),
             allow: Some(allow),
+            retry_after: None,
         }
     }
 
@@ -73,6 +84,11 @@ impl ApiError {
         // error path free of panics.
         .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"serialization failed"}}"#.to_vec());
         let mut response = json_response(self.status, Bytes::from(body));
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(http::header::RETRY_AFTER, value);
+        }
         if let Some(allow) = self.allow {
             response
                 .headers_mut()

@@ -29,6 +29,7 @@ use hyper::body::Body;
 
 mod auth;
 mod body;
+mod cors;
 mod error;
 mod grants;
 mod notifications;
@@ -58,6 +59,10 @@ pub struct ApiSettings {
     /// The store behind grants and notifications; without one those
     /// endpoints answer 503.
     pub store: Option<Store>,
+    /// Requests per API key (`[limits.per_api_key] requests`), cluster-wide.
+    pub key_limit: Option<herald_common::config::RateLimit>,
+    /// Browser origins allowed to call the API (`api.cors_origins`).
+    pub cors_origins: Vec<String>,
 }
 
 impl ApiSettings {
@@ -68,6 +73,8 @@ impl ApiSettings {
             max_body_bytes: config.api.max_body_bytes,
             policies: Policies::new(&config.rooms),
             store: None,
+            key_limit: config.limits.per_api_key.requests,
+            cors_origins: config.api.cors_origins.clone(),
         }
     }
 }
@@ -89,6 +96,8 @@ pub(crate) struct State {
     pub policies: Policies,
     pub broker: Arc<dyn Broker>,
     pub store: Option<Store>,
+    pub key_limit: Option<herald_common::config::RateLimit>,
+    pub cors_origins: Vec<String>,
 }
 
 impl State {
@@ -128,6 +137,8 @@ impl Api {
                 policies: settings.policies,
                 broker,
                 store: settings.store,
+                key_limit: settings.key_limit,
+                cors_origins: settings.cors_origins,
             }),
         }
     }
@@ -145,8 +156,14 @@ impl Api {
         let (parts, body) = req.into_parts();
         let resolved = router::resolve(parts.uri.path());
         let route = resolved.map_or(router::UNMATCHED, |(endpoint, _)| endpoint.pattern());
+        let cors_origin = cors::allowed_origin(&parts.headers, &self.state.cors_origins);
+        if let Some(origin) = &cors_origin
+            && cors::is_preflight(&parts.method, &parts.headers)
+        {
+            return cors::preflight(origin.clone());
+        }
 
-        let response = match self.dispatch(&parts, resolved, body).await {
+        let mut response = match self.dispatch(&parts, resolved, body).await {
             Ok(response) => response,
             Err(e) => {
                 let status = e.status.as_u16();
@@ -159,6 +176,9 @@ impl Api {
             }
         };
 
+        if let Some(origin) = cors_origin {
+            cors::decorate(&mut response, origin);
+        }
         let status = response.status().as_u16().to_string();
         metrics::counter!("herald_api_requests_total", "route" => route, "status" => status).increment(1);
         metrics::histogram!("herald_api_request_duration_seconds", "route" => route)
@@ -177,7 +197,18 @@ impl Api {
         B::Error: Into<Box<dyn Error + Send + Sync>>,
     {
         let state = &*self.state;
-        auth::authorize(&parts.headers, &state.keys)?;
+        let key_index = auth::authorize(&parts.headers, &state.keys)?;
+        if let Some(limit) = state.key_limit {
+            // Shared by every API node through the broker.
+            if let Ok(Some(wait)) = state
+                .broker
+                .rate_limit(&format!("api-key:{key_index}"), limit)
+                .await
+            {
+                metrics::counter!("herald_rate_limited_total", "scope" => "api_key").increment(1);
+                return Err(ApiError::rate_limited(wait));
+            }
+        }
         let Some((endpoint, (first, id))) = resolved else {
             // The path is echoed to help find the typo, but never at length.
             let path: String = parts.uri.path().chars().take(100).collect();

@@ -85,14 +85,13 @@ pub async fn run_relay(store: Store, broker: Arc<dyn Broker>, policies: Arc<Poli
             continue;
         }
         match listener.as_mut() {
-            Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
-                Ok(Err(e)) => {
+            // A notification or the poll period: either way, look again.
+            Some(l) => {
+                if let Ok(Err(e)) = tokio::time::timeout(POLL, l.recv()).await {
                     tracing::warn!(error = %e, "outbox LISTEN connection lost; polling");
                     listener = None;
                 }
-                // A notification, or the poll period: either way, look.
-                Ok(Ok(_)) | Err(_) => {}
-            },
+            }
             None => tokio::time::sleep(POLL).await,
         }
     }

@@ -43,6 +43,8 @@ fn api_with(keys: &[&str], broker: Arc<dyn Broker>) -> Api {
             max_body_bytes: MAX_BODY,
             policies: policies(),
             store: None,
+            key_limit: None,
+            cors_origins: Vec::new(),
         },
         broker,
     )
@@ -751,6 +753,13 @@ impl Broker for DownBroker {
     async fn publish_once(&self, _: PublishRequest<'_>, _: &str) -> Result<Position, BrokerError> {
         Err(down())
     }
+    async fn rate_limit(
+        &self,
+        _: &str,
+        _: herald_common::config::RateLimit,
+    ) -> Result<Option<std::time::Duration>, BrokerError> {
+        Err(down())
+    }
     async fn request(&self, _: &RoomName, _: &[u8]) -> Result<u64, BrokerError> {
         Err(down())
     }
@@ -907,4 +916,74 @@ async fn metrics_are_labelled_by_route_pattern() {
 fn handle_accepts_hyper_incoming(api: &Api, req: Request<hyper::body::Incoming>) {
     fn assert_send<T: Send>(_: T) {}
     assert_send(api.handle(req));
+}
+
+// ---- per-key limits and CORS ---------------------------------------------
+
+fn api_with_settings(edit: impl FnOnce(&mut ApiSettings)) -> Api {
+    let mut settings = ApiSettings {
+        keys: vec![KEY.to_string(), "other-key".to_string()],
+        max_body_bytes: MAX_BODY,
+        policies: policies(),
+        store: None,
+        key_limit: None,
+        cors_origins: Vec::new(),
+    };
+    edit(&mut settings);
+    Api::new(settings, Arc::new(MemoryBroker::new()))
+}
+
+#[tokio::test]
+async fn api_key_over_its_limit_gets_429_with_retry_after() {
+    let api = api_with_settings(|s| {
+        s.key_limit = Some(herald_common::config::RateLimit {
+            rate_per_s: 0.5,
+            burst: 2,
+        })
+    });
+    for _ in 0..2 {
+        assert_eq!(get(&api, "/v1/stats").await.status, StatusCode::OK);
+    }
+    let limited = get(&api, "/v1/stats").await;
+    expect_error(&limited, 429, "rate_limited");
+    let retry: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another key has its own budget.
+    let other = Request::builder()
+        .uri("/v1/stats")
+        .header(AUTHORIZATION, "Bearer other-key")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&api, other).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cors_only_for_listed_origins() {
+    let api = api_with_settings(|s| s.cors_origins = vec!["https://app.example".into()]);
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/v1/publish")
+        .header("origin", "https://app.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = api.handle(preflight).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let mut req = request(Method::GET, "/v1/stats", "");
+    req.headers_mut()
+        .insert("origin", "https://app.example".parse().unwrap());
+    let a = send(&api, req).await;
+    assert_eq!(a.headers["access-control-allow-origin"], "https://app.example");
+    let mut req = request(Method::GET, "/v1/stats", "");
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert!(
+        !send(&api, req)
+            .await
+            .headers
+            .contains_key("access-control-allow-origin")
+    );
 }

@@ -12,11 +12,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use herald_common::config::RateLimit;
 use herald_common::policy::Retention;
 use herald_common::protocol::{Position, PresenceMember};
 use herald_common::rooms::RoomName;
 use serde_json::value::RawValue;
 
+pub mod gcra;
 pub mod memory;
 pub mod redis;
 
@@ -184,6 +186,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Succeeds when the broker is reachable (readiness).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Takes one unit from the token bucket `key` (shared by every node),
+    /// GCRA-style: `Ok(None)` when allowed, `Ok(Some(retry_after))` when
+    /// over the limit.
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: RateLimit,
+    ) -> Result<Option<std::time::Duration>, BrokerError>;
 
     /// Records a gateway node's heartbeat in the node registry.
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError>;

@@ -89,6 +89,8 @@ struct Inner {
     sinks: RwLock<Vec<Arc<dyn FeedSink>>>,
     /// Heartbeats by node id.
     nodes: Mutex<HashMap<String, NodeInfo>>,
+    /// Rate-limit buckets.
+    buckets: Mutex<crate::gcra::Buckets>,
     /// Idempotency keys: (room, key) → first position and its expiry.
     published_once: Mutex<HashMap<(RoomName, String), (Position, Instant)>>,
     /// Requests awaiting replies: id → (replies still expected, sum).
@@ -123,6 +125,7 @@ impl MemoryBroker {
             presence: Mutex::new(HashMap::new()),
             sinks: RwLock::new(Vec::new()),
             nodes: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(crate::gcra::Buckets::default()),
             published_once: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
             replied: tokio::sync::Notify::new(),
@@ -379,6 +382,14 @@ impl Broker for MemoryBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: herald_common::config::RateLimit,
+    ) -> Result<Option<Duration>, BrokerError> {
+        Ok(lock(&self.inner.buckets).take(key, limit, Instant::now()))
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {

@@ -219,7 +219,28 @@ impl SessionLoop<'_> {
             return None;
         };
         match shared.settings.verifier.verify(&token) {
-            Ok(claims) => Some((claims, text.unwrap_or_default())),
+            Ok(claims) => {
+                if let Err(wait) = shared
+                    .limiter
+                    .check_user(crate::limits::Scope::Connect, &claims.sub)
+                    .await
+                {
+                    let _ = conn
+                        .send(
+                            ServerFrame::Error {
+                                id: None,
+                                code: ErrorCode::RateLimited,
+                                message: "too many connections",
+                                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                            }
+                            .to_bytes(),
+                        )
+                        .await;
+                    conn.close(CloseCode::PolicyViolation, "connect rate limited");
+                    return None;
+                }
+                Some((claims, text.unwrap_or_default()))
+            }
             Err(e) => {
                 unauthorized(conn, &e.to_string()).await;
                 None

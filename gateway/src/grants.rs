@@ -47,12 +47,11 @@ impl GrantCache {
         let Some(store) = &self.store else {
             return Ok(Arc::default());
         };
-        if !fresh {
-            if let Some((at, patterns)) = self.entries().get(&subjects) {
-                if at.elapsed() < TTL {
-                    return Ok(patterns.clone());
-                }
-            }
+        if !fresh
+            && let Some((at, patterns)) = self.entries().get(&subjects)
+            && at.elapsed() < TTL
+        {
+            return Ok(patterns.clone());
         }
         let patterns: Vec<RoomPattern> = store
             .grants_for(&subjects)

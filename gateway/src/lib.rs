@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 mod connection;
 mod grants;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 mod reader;
@@ -38,6 +39,11 @@ use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
 use crate::outbound::{ConnHandle, Outbound};
 
+/// The peer address of an HTTP request, set by the listener as a request
+/// extension (for per-IP limits).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Everything a gateway needs to know.
 pub struct GatewaySettings {
     /// This node's id (`welcome.node`, connection ids).
@@ -45,6 +51,8 @@ pub struct GatewaySettings {
     pub config: GatewayConfig,
     pub verifier: Arc<JwtVerifier>,
     pub policies: Arc<Policies>,
+    /// Rate limits (`[limits]`).
+    pub limits: herald_common::config::LimitsConfig,
     /// The store of grants (`join = "grant"` rooms); without one only the
     /// token's `rooms` claim admits to them.
     pub store: Option<herald_store::Store>,
@@ -57,6 +65,7 @@ pub(crate) struct Shared {
     feed: Arc<dyn Feed>,
     hub: Arc<Hub>,
     grants: grants::GrantCache,
+    limiter: limits::Limiter,
     metrics: GatewayMetrics,
     /// Open connections, for the drain.
     conns: Mutex<HashMap<u64, Arc<ConnHandle>>>,
@@ -160,6 +169,7 @@ impl Gateway {
         let feed = broker.attach(hub.clone());
         hub.connect(broker.clone(), feed.clone());
         let grants = grants::GrantCache::new(settings.store.clone());
+        let limiter = limits::Limiter::new(broker.clone(), settings.limits.clone());
         let gateway = Self {
             shared: Arc::new(Shared {
                 settings,
@@ -167,6 +177,7 @@ impl Gateway {
                 feed,
                 hub,
                 grants,
+                limiter,
                 metrics,
                 conns: Mutex::new(HashMap::new()),
                 open: AtomicUsize::new(0),

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::Shared;
+use crate::limits::{Scope, Strikes};
 use crate::outbound::{ConnHandle, Gone, SessionCommand};
 use crate::writer::Control;
 
@@ -56,6 +57,7 @@ pub(crate) struct Session {
     control: mpsc::Sender<Control>,
     claims: Claims,
     rooms: HashMap<RoomName, Joined>,
+    strikes: Strikes,
 }
 
 fn error_frame(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
@@ -87,6 +89,7 @@ impl Session {
             control,
             claims,
             rooms: HashMap::new(),
+            strikes: Strikes::default(),
         }
     }
 
@@ -184,6 +187,31 @@ impl Session {
             ClientFrame::Ping { id, t } => self.reply(ServerFrame::Pong { id, t }.to_bytes()).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, &token).await,
         }
+    }
+
+    /// Takes one unit of the user's `scope` budget. Over it: answers
+    /// `rate_limited` and returns true; the 10th such answer within a
+    /// minute also closes the connection with 4008.
+    async fn rate_limited(&mut self, id: Option<u64>, scope: Scope) -> Result<bool, Gone> {
+        let Err(wait) = self.shared.limiter.check_user(scope, &self.claims.sub).await else {
+            return Ok(false);
+        };
+        self.reply(
+            ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "rate limited",
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            }
+            .to_bytes(),
+        )
+        .await?;
+        if self.strikes.strike() {
+            self.conn
+                .close(CloseCode::PolicyViolation, "kept sending while rate limited");
+            return Err(Gone);
+        }
+        Ok(true)
     }
 
     /// Validates a room name from the client, answering `bad_request`.
@@ -284,6 +312,9 @@ impl Session {
         let Some(room) = self.room_name(id, room).await? else {
             return Ok(());
         };
+        if self.rate_limited(id, Scope::Join).await? {
+            return Ok(());
+        }
         let policy = self.shared.settings.policies.lookup(&room).clone();
         if self.rooms.contains_key(&room) {
             return self
@@ -488,6 +519,9 @@ impl Session {
             return self
                 .reply_error(id, ErrorCode::BadRequest, "event must be 1-200 bytes")
                 .await;
+        }
+        if self.rate_limited(id, Scope::Publish).await? {
+            return Ok(());
         }
         let policy = self.shared.settings.policies.lookup(&room);
         let allowed = match policy.client_publish {

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use herald_common::protocol::ErrorCode;
 
 use crate::Gateway;
+use crate::limits::Scope;
 use crate::metrics::GatewayMetrics;
 
 /// A JSON error response in the API's shape.
@@ -23,6 +24,33 @@ fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response<Full<B
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+fn too_many(wait: std::time::Duration) -> Response<Full<Bytes>> {
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        "too many connections",
+    );
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Whether a browser upgrade's `Origin` is on the allow-list (an empty
+/// list allows all; a request without `Origin` is not from a browser).
+fn origin_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get(header::ORIGIN).map(|o| o.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed.iter().any(|a| a == origin),
+        Some(Err(_)) => false,
+    }
 }
 
 /// The token of an upgrade request, if it carries one.
@@ -71,6 +99,16 @@ impl Gateway {
                 .insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
             return response;
         }
+        if !origin_allowed(&req, &shared.settings.config.allowed_origins) {
+            GatewayMetrics::refused("origin");
+            return refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+        }
+        if let Some(peer) = req.extensions().get::<crate::PeerAddr>()
+            && let Err(wait) = shared.limiter.check_ip(peer.0.ip())
+        {
+            GatewayMetrics::refused("rate_limited");
+            return too_many(wait);
+        }
         let pre_auth = match upgrade_token(&req) {
             None => None,
             Some(token) => match shared.settings.verifier.verify(token) {
@@ -81,6 +119,12 @@ impl Gateway {
                 }
             },
         };
+        if let Some(claims) = &pre_auth
+            && let Err(wait) = shared.limiter.check_user(Scope::Connect, &claims.sub).await
+        {
+            GatewayMetrics::refused("rate_limited");
+            return too_many(wait);
+        }
         if !shared.take_slot() {
             GatewayMetrics::refused("max_connections");
             return refuse(
@@ -129,5 +173,15 @@ mod tests {
         assert_eq!(upgrade_token(&req), None);
         let req = Request::builder().uri("/ws?token=").body(()).unwrap();
         assert_eq!(upgrade_token(&req), None);
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let with = |origin: &str| Request::builder().header("origin", origin).body(()).unwrap();
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&with("https://evil.example"), &[]));
+        assert!(origin_allowed(&with("https://app.example"), &allowed));
+        assert!(!origin_allowed(&with("https://evil.example"), &allowed));
+        assert!(origin_allowed(&Request::builder().body(()).unwrap(), &allowed));
     }
 }

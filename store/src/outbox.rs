@@ -16,7 +16,7 @@ use sqlx::Row;
 use crate::{Pool, Store, StoreError};
 
 /// The advisory lock key of the relay ("herald" in ASCII).
-const RELAY_LOCK: i64 = 0x68_65_72_61_6c_64;
+const RELAY_LOCK: i64 = 0x6865_7261_6c64;
 
 /// The PostgreSQL notification channel fired by inserts.
 pub const NOTIFY_CHANNEL: &str = "herald_outbox";

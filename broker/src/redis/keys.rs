@@ -36,6 +36,11 @@ pub fn idempotency(room: &RoomName, key: &str) -> String {
     format!("herald:{{{room}}}:once:{key}")
 }
 
+/// A rate-limit bucket.
+pub fn bucket(key: &str) -> String {
+    format!("herald:rate:{key}")
+}
+
 /// Replies to one control request (a list of counts, short-lived).
 pub fn reply(request_id: &str) -> String {
     format!("herald:reply:{request_id}")

@@ -411,6 +411,21 @@ impl Broker for RedisBroker {
             .map(|_| ())
     }
 
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: herald_common::config::RateLimit,
+    ) -> Result<Option<Duration>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
+        invocation
+            .key(keys::bucket(key))
+            .arg(crate::gcra::interval_ms(limit))
+            .arg(limit.burst.max(1));
+        let wait_ms: u64 = bounded(invocation.invoke_async(&mut *conn)).await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
         let json = serde_json::to_string(node).map_err(unavailable)?;
         let mut conn = self.conn().await?;

@@ -173,3 +173,27 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#,
     )
 });
+
+/// GCRA rate limit on Redis's clock, shared by every node.
+///
+/// KEYS: the bucket. ARGV: emission interval (ms per unit), burst.
+/// Returns 0 when allowed, else the milliseconds to wait.
+pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - (burst - 1) * interval
+if now < allow_at then
+  return math.ceil(allow_at - now)
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return 0
+"#,
+    )
+});
