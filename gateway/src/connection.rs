@@ -33,7 +33,12 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 type Message = Result<Incoming, ReadError>;
 
 /// Serves one upgraded connection until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, ws: WebSocket<TokioIo<Upgraded>>, pre_auth: Option<Claims>) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    ws: WebSocket<TokioIo<Upgraded>>,
+    pre_auth: Option<Claims>,
+    accepted_at: std::time::Instant,
+) {
     let cfg = &shared.settings.config;
     let (conn, queue, commands) = shared.register();
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
@@ -62,6 +67,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, ws: WebSocket<TokioIo<Upgraded>>,
         conn: &conn,
         messages,
         commands,
+        accepted_at,
     };
     session_loop.run(control_tx, pre_auth).await;
     if !conn.close_signal().is_closed() {
@@ -100,6 +106,8 @@ struct SessionLoop<'a> {
     conn: &'a Arc<ConnHandle>,
     messages: mpsc::Receiver<Message>,
     commands: mpsc::Receiver<SessionCommand>,
+    /// When the upgrade request arrived (handshake latency).
+    accepted_at: std::time::Instant,
 }
 
 impl SessionLoop<'_> {
@@ -128,6 +136,10 @@ impl SessionLoop<'_> {
             _ = close.closed() => Err(Gone),
             res = session.start(resume) => res,
         };
+        shared
+            .metrics
+            .handshake
+            .record(self.accepted_at.elapsed().as_secs_f64());
         if started.is_ok() {
             loop {
                 let handled = tokio::select! {
@@ -218,7 +230,7 @@ impl SessionLoop<'_> {
             unauthorized(conn, "the first message must be hello").await;
             return None;
         };
-        match shared.settings.verifier.verify(&token) {
+        match shared.verify(&token) {
             Ok(claims) => {
                 if let Err(wait) = shared
                     .limiter

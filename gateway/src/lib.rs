@@ -102,6 +102,14 @@ impl Shared {
         (conn, queue, commands)
     }
 
+    /// Verifies a token, timing it.
+    fn verify(&self, token: &str) -> Result<herald_common::auth::Claims, herald_common::auth::AuthError> {
+        let started = std::time::Instant::now();
+        let verified = self.settings.verifier.verify(token);
+        self.metrics.auth.record(started.elapsed().as_secs_f64());
+        verified
+    }
+
     fn unregister(&self, conn: &ConnHandle) {
         self.conns().remove(&conn.id);
         self.release_slot();

@@ -19,8 +19,12 @@ pub struct GatewayMetrics {
     pub broker_events: Counter,
     /// Members a delivery was queued for.
     pub fanout_batch: Histogram,
-    /// Frames per socket write.
+    /// Frames per socket write: how deep the outbound queue was when drained.
     pub write_batch: Histogram,
+    /// Upgrade request to `welcome` queued, seconds.
+    pub handshake: Histogram,
+    /// Token verification, seconds.
+    pub auth: Histogram,
 }
 
 impl GatewayMetrics {
@@ -36,6 +40,8 @@ impl GatewayMetrics {
             broker_events: counter!("herald_broker_events_total"),
             fanout_batch: histogram!("herald_fanout_members"),
             write_batch: histogram!("herald_write_batch_frames"),
+            handshake: histogram!("herald_handshake_duration_seconds"),
+            auth: histogram!("herald_auth_duration_seconds"),
         }
     }
 

@@ -592,7 +592,7 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), Gone> {
-        let verified = self.shared.settings.verifier.verify(token);
+        let verified = self.shared.verify(token);
         let claims = match verified {
             Ok(claims) if claims.sub == self.claims.sub => claims,
             Ok(_) => return self.reject(id, "refresh token is for another user").await,

@@ -73,6 +73,7 @@ impl Gateway {
     /// Handles `GET /ws`: upgrades and spawns the connection, or refuses.
     pub async fn handle_upgrade(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let shared = &self.shared;
+        let accepted_at = std::time::Instant::now();
         if req.method() != http::Method::GET {
             return refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -111,7 +112,7 @@ impl Gateway {
         }
         let pre_auth = match upgrade_token(&req) {
             None => None,
-            Some(token) => match shared.settings.verifier.verify(token) {
+            Some(token) => match shared.verify(token) {
                 Ok(claims) => Some(claims),
                 Err(e) => {
                     GatewayMetrics::refused("unauthorized");
@@ -144,7 +145,7 @@ impl Gateway {
         let shared = shared.clone();
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(ws) => crate::connection::serve(shared, ws, pre_auth).await,
+                Ok(ws) => crate::connection::serve(shared, ws, pre_auth, accepted_at).await,
                 Err(e) => {
                     shared.release_slot();
                     tracing::debug!(error = %e, "upgrade failed");

@@ -270,6 +270,8 @@ async fn reconcile(
             return Err(Ended::FeedGone);
         };
         let mut state = strong.state();
+        metrics::gauge!("herald_redis_subscribed_channels")
+            .set((state.subscribed.len() + subscribe.len()) as f64);
         for room in subscribe {
             // Interest may have been withdrawn meanwhile; the next round
             // unsubscribes it.
