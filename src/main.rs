@@ -2,6 +2,7 @@
 //! and wires the crates together; the work itself lives in the crates.
 
 mod cli;
+mod demo;
 mod server;
 mod settings;
 mod telemetry;
@@ -107,6 +108,9 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
     apply_serve_args(&mut config, &args);
     telemetry::init_logs(config.node.log_format);
     let development = mode == Mode::Standalone && settings::ensure_secrets(&mut config)?;
+    if development {
+        demo::enable_for_development(&mut config);
+    }
     if mode == Mode::Api && config.api.keys.is_empty() {
         bail!("herald api needs at least one API key: set HERALD_API_KEYS (or [api] keys)");
     }
@@ -166,6 +170,9 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
     if development {
         print_quickstart(&config, local)?;
     }
+    if mode == Mode::Standalone {
+        demo::announce(&config, local);
+    }
 
     server::serve(
         listener,
@@ -176,6 +183,7 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
             store,
             metrics,
             drain: Duration::from_millis(config.gateway.drain_ms),
+            demo: (mode == Mode::Standalone).then(|| demo::Demo::new(&config)),
         },
     )
     .await

@@ -34,6 +34,8 @@ pub struct Node {
     pub store: Option<Store>,
     pub metrics: PrometheusHandle,
     pub drain: Duration,
+    /// The demo page, SDK bundle and demo token endpoint (standalone only).
+    pub demo: Option<crate::demo::Demo>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -72,6 +74,10 @@ impl Node {
                 );
                 response
             }
+            "/" | "/demo.js" | "/herald.js" | "/demo/token" => match &self.demo {
+                Some(demo) => demo.handle(&req),
+                None => not_found(),
+            },
             _ if path == "/v1" || path.starts_with("/v1/") => match &self.api {
                 Some(api) => api.handle(req).await,
                 None => not_found(),

@@ -20,6 +20,7 @@ pub struct Config {
     pub rooms: Vec<RoomPolicyConfig>,
     pub limits: LimitsConfig,
     pub gateway: GatewayConfig,
+    pub demo: DemoConfig,
 }
 
 /// `[node]`: this process.
@@ -228,6 +229,16 @@ impl Default for GatewayConfig {
             drain_ms: 10_000,
         }
     }
+}
+
+/// `[demo]`: the demo page's token endpoint, `POST /demo/token` (standalone
+/// only). It mints short-lived tokens for random demo users to anyone who
+/// can reach the node, so it is for local development, never production.
+/// Standalone development mode (generated credentials) turns it on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
 }
 
 /// Why the configuration could not be loaded.
@@ -481,6 +492,16 @@ drain_ms = 10000
         assert_eq!(c.api.keys, vec!["key-aaaaa", "key-bbbbb"]);
         assert_eq!(c.node.id.as_deref(), Some("n1"));
         assert_eq!(c.redis.url, None);
+    }
+
+    #[test]
+    fn demo_is_off_unless_enabled() {
+        assert!(!Config::from_toml("").unwrap().demo.enabled);
+        assert!(!Config::from_toml("[demo]").unwrap().demo.enabled);
+        assert!(Config::from_toml("[demo]\nenabled = true").unwrap().demo.enabled);
+        let err = Config::from_toml("[demo]\nenable = true").unwrap_err();
+        assert!(err.contains("enable"), "{err}");
+        assert!(Config::from_toml("[demo]\nenabled = \"yes\"").is_err());
     }
 
     #[test]
