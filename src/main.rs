@@ -114,21 +114,24 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
     if mode == Mode::Api && config.api.keys.is_empty() {
         bail!("herald api needs at least one API key: set HERALD_API_KEYS (or [api] keys)");
     }
-    let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
-    let policies = Arc::new(config.policies());
     let node_id = settings::node_id(&config);
+    let metrics = telemetry::init_metrics(&node_id).context("cannot install the metrics recorder")?;
+    let policies = Arc::new(config.policies());
 
-    let store = if mode == Mode::Standalone {
-        std::fs::create_dir_all(&config.node.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.node.data_dir.display()))?;
-        let url = config
-            .store
-            .database_url
-            .clone()
-            .unwrap_or_else(|| Store::sqlite_url(&config.node.data_dir.join("herald.db")));
-        Some(Store::connect(&url).await?)
-    } else {
-        None
+    let store = match (&config.store.database_url, mode) {
+        (Some(url), _) => Some(Store::connect(url).await?),
+        (None, Mode::Standalone) => {
+            std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.node.data_dir.display())
+            })?;
+            Some(Store::connect(&Store::sqlite_url(&config.node.data_dir.join("herald.db"))).await?)
+        }
+        (None, _) => {
+            tracing::warn!(
+                "no store configured (HERALD_DATABASE_URL): grants, notifications and the outbox are unavailable"
+            );
+            None
+        }
     };
     let broker = broker_for(mode, &config).await?;
 
@@ -142,6 +145,8 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
                 config: config.gateway.clone(),
                 verifier,
                 policies: policies.clone(),
+                limits: config.limits.clone(),
+                store: store.clone(),
             },
             broker.clone(),
         ))
@@ -152,10 +157,25 @@ async fn serve(mut config: Config, mode: Mode, args: ServeArgs) -> Result<()> {
                 keys: config.api.keys.clone(),
                 max_body_bytes: config.api.max_body_bytes,
                 policies: (*policies).clone(),
+                store: store.clone(),
+                key_limit: config.limits.per_api_key.requests,
+                cors_origins: config.api.cors_origins.clone(),
             },
             broker.clone(),
         )
     });
+
+    // The API tier relays the transactional outbox (one relay at a time
+    // across replicas; the store arbitrates).
+    if mode != Mode::Gateway
+        && let Some(store) = &store
+    {
+        tokio::spawn(herald_api::outbox::run_relay(
+            store.clone(),
+            broker.clone(),
+            policies.clone(),
+        ));
+    }
 
     let addr = config
         .node

@@ -110,6 +110,7 @@ impl Node {
     }
 
     fn record_gauges(&self) {
+        crate::telemetry::record_process_metrics();
         if let Some(gateway) = &self.gateway {
             metrics::gauge!("herald_rooms").set(gateway.room_count() as f64);
         }
@@ -152,8 +153,9 @@ pub async fn serve(listener: TcpListener, node: Node) -> Result<()> {
                 let node = node.clone();
                 let stop = stop.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |mut req: Request<Incoming>| {
                         let node = node.clone();
+                        req.extensions_mut().insert(herald_gateway::PeerAddr(peer));
                         async move { Ok::<_, Infallible>(node.route(req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()

@@ -115,6 +115,9 @@ pub struct ApiConfig {
     /// `HERALD_API_KEYS` (comma-separated).
     pub keys: Vec<String>,
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS); `"*"` allows any.
+    /// Empty (the default) sends no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -122,6 +125,7 @@ impl Default for ApiConfig {
         Self {
             keys: Vec::new(),
             max_body_bytes: 1 << 20,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -166,6 +170,14 @@ pub struct RateLimit {
 pub struct LimitsConfig {
     pub per_user: PerUserLimits,
     pub per_ip: PerIpLimits,
+    pub per_api_key: PerApiKeyLimits,
+}
+
+/// `[limits.per_api_key]`: off unless set; shared by every API node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerApiKeyLimits {
+    pub requests: Option<RateLimit>,
 }
 
 /// `[limits.per_user]`: shared by all of a user's connections.
@@ -215,6 +227,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     pub max_rooms_per_connection: usize,
     pub drain_ms: u64,
+    /// Browser `Origin`s allowed to open a WebSocket; empty allows all.
+    /// Requests without an `Origin` header (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -227,6 +242,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_rooms_per_connection: 256,
             drain_ms: 10_000,
+            allowed_origins: Vec::new(),
         }
     }
 }
