@@ -41,6 +41,8 @@ mod stats;
 mod users;
 
 #[cfg(test)]
+mod openapi_test;
+#[cfg(test)]
 mod tests;
 
 use error::ApiError;
