@@ -168,7 +168,8 @@ async fn publish_one(
         notification: None,
     };
     let position = match idempotency_key {
-        Some(key) => state.broker.publish_once(req, key).await?,
+        // The `api:` namespace keeps API keys apart from the outbox's.
+        Some(key) => state.broker.publish_once(req, &format!("api:{key}")).await?,
         None => state.broker.publish(req).await?,
     };
     metrics::counter!("herald_publishes_total").increment(1);

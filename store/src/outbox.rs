@@ -29,8 +29,9 @@ pub struct OutboxRow {
     pub event: String,
     /// The row's `data` as JSON text.
     pub data: String,
-    /// The row's own key, else `outbox:<id>`: what deduplicates a relay
-    /// that crashed between publishing and marking.
+    /// What deduplicates a relay that crashed between publishing and
+    /// marking: `outbox:<the row's key>`, or `outbox:#<id>` for a row without
+    /// one. The `outbox:` namespace never meets the API's keys.
     pub idempotency_key: String,
 }
 
@@ -45,7 +46,10 @@ pub struct RelayPass {
 
 fn outbox_row(id: i64, room: String, event: String, data: String, key: Option<String>) -> OutboxRow {
     OutboxRow {
-        idempotency_key: key.unwrap_or_else(|| format!("outbox:{id}")),
+        idempotency_key: match key {
+            Some(key) => format!("outbox:{key}"),
+            None => format!("outbox:#{id}"),
+        },
         id,
         room,
         event,

@@ -272,8 +272,8 @@ async fn outbox_relays_in_order_once(db: &TestDb) {
         data.iter().map(|d| d["n"].as_i64().unwrap()).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
     );
-    assert_eq!(rows[2].idempotency_key, "mine");
-    assert_eq!(rows[0].idempotency_key, format!("outbox:{}", rows[0].id));
+    assert_eq!(rows[2].idempotency_key, "outbox:mine");
+    assert_eq!(rows[0].idempotency_key, format!("outbox:#{}", rows[0].id));
     let third = store
         .relay_outbox(100, |_| async { Ok::<(), String>(()) })
         .await
