@@ -112,6 +112,8 @@ impl CloseCode {
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
     Hello {
+        /// Echoed by the `bad_request` a second `hello` gets.
+        id: Option<u64>,
         token: String,
         /// Room → raw position; each is validated on its own so that one bad
         /// position fails only its room.
@@ -209,6 +211,7 @@ impl<'a> ClientFrame<'a> {
         let present = |raw: Option<&'a RawValue>| raw.filter(|r| r.get() != "null");
         Ok(match &*wire.op {
             "hello" => ClientFrame::Hello {
+                id,
                 token: required(wire.token, "token", id)?,
                 resume: wire.resume.unwrap_or_default(),
             },
@@ -248,8 +251,8 @@ impl<'a> ClientFrame<'a> {
     /// The request id, if the frame carries one.
     pub fn id(&self) -> Option<u64> {
         match self {
-            ClientFrame::Hello { .. } => None,
-            ClientFrame::Join { id, .. }
+            ClientFrame::Hello { id, .. }
+            | ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Presence { id, .. }
@@ -261,6 +264,11 @@ impl<'a> ClientFrame<'a> {
 
 /// Parses a client-supplied position (`join.since`, `hello.resume` values).
 pub fn parse_position(raw: &RawValue) -> Result<Position, String> {
+    // serde would also take the struct as an array (`[5, "e"]`); a position
+    // is an object (PROTOCOL.md §1.2).
+    if !raw.get().trim_start().starts_with('{') {
+        return Err("invalid position: expected {\"offset\": <integer>, \"epoch\": <string>}".into());
+    }
     serde_json::from_str(raw.get()).map_err(|e| format!("invalid position: {e}"))
 }
 
@@ -389,7 +397,7 @@ mod tests {
         let f = ClientFrame::parse(r#"{"op":"hello","token":"t","resume":{"a":{"offset":1,"epoch":"e"}}}"#)
             .unwrap();
         assert!(
-            matches!(f, ClientFrame::Hello { ref token, ref resume } if token == "t" && resume.len() == 1)
+            matches!(f, ClientFrame::Hello { ref token, ref resume, .. } if token == "t" && resume.len() == 1)
         );
         let f = ClientFrame::parse(r#"{"op":"join","id":1,"room":"r","since":{"offset":2,"epoch":"e"}}"#)
             .unwrap();

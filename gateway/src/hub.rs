@@ -48,6 +48,11 @@ struct Member {
     conn: Arc<ConnHandle>,
     /// `Some` while the join is in progress; bounded by the queue size.
     pending: Option<Vec<Buffered>>,
+    /// The position the member joined at (replay or `joined`) while the
+    /// node's feed had not delivered that far yet: the feed's events up to
+    /// it are skipped for this member (it already has them, or was told
+    /// they are before its `joined`). Cleared by the first later event.
+    skip_through: Option<(Arc<str>, u64)>,
 }
 
 /// The hub's view of one room.
@@ -192,6 +197,7 @@ impl Hub {
             Member {
                 conn: conn.clone(),
                 pending: Some(Vec::new()),
+                skip_through: None,
             },
         );
     }
@@ -216,12 +222,22 @@ impl Hub {
         if local.last.is_none() {
             local.last = Some((Arc::from(position.epoch.as_str()), position.offset));
         }
+        // History is read on another connection than the feed's, so it can
+        // be ahead of what the feed has delivered here: those events will
+        // still arrive through the feed, after this member is live.
+        let feed_behind = match &local.last {
+            Some((epoch, last)) => **epoch == *position.epoch && *last < position.offset,
+            None => false,
+        };
         let member = local.members.get_mut(&conn_id).ok_or(crate::outbound::Gone)?;
         let Some(buffer) = member.pending.as_mut() else {
             return Ok(None);
         };
         if buffer.is_empty() {
             member.pending = None;
+            if feed_behind {
+                member.skip_through = Some((Arc::from(position.epoch.as_str()), position.offset));
+            }
             return Ok(None);
         }
         let items = std::mem::take(buffer)
@@ -279,7 +295,20 @@ impl Hub {
                 }
                 None => {
                     let ok = match item() {
-                        Buffered::Event { ts, frame, .. } => member.conn.push_event(&frame, ts),
+                        Buffered::Event {
+                            epoch,
+                            offset,
+                            ts,
+                            frame,
+                        } => {
+                            if let Some((through_epoch, through)) = &member.skip_through {
+                                if *through_epoch == epoch && offset <= *through {
+                                    continue;
+                                }
+                                member.skip_through = None;
+                            }
+                            member.conn.push_event(&frame, ts)
+                        }
                         Buffered::Frame(frame) => member.conn.push(Outbound::Frame(frame)),
                     };
                     delivered += ok as u64;
@@ -464,6 +493,34 @@ mod tests {
         assert!(hub.drain_pending(&room, 1, &position).unwrap().is_none());
         hub.on_event(&room, "e", &record(2));
         assert_eq!(drain(&mut rx), vec!["{\"offset\":2}"]);
+    }
+
+    #[test]
+    fn member_joining_ahead_of_the_feed_gets_no_duplicate() {
+        let hub = Hub::new(16, GatewayMetrics::new(), Arc::default());
+        let room = RoomName::new("r").unwrap();
+        let at = |offset| Position {
+            offset,
+            epoch: "e".into(),
+        };
+        let (old, mut rx_old, _) = ConnHandle::new(1, "n.1".into(), 64);
+        hub.add_pending(&room, &old);
+        assert!(hub.drain_pending(&room, 1, &at(0)).unwrap().is_none());
+        hub.on_event(&room, "e", &record(1));
+        // A second member's history read already saw offsets 2 and 3, which
+        // the feed has not delivered to this node yet.
+        let (new, mut rx_new, _) = ConnHandle::new(2, "n.2".into(), 64);
+        hub.add_pending(&room, &new);
+        assert!(hub.drain_pending(&room, 2, &at(3)).unwrap().is_none());
+        for offset in 2..=4 {
+            hub.on_event(&room, "e", &record(offset));
+        }
+        assert_eq!(drain(&mut rx_old).len(), 4);
+        assert_eq!(
+            drain(&mut rx_new),
+            vec!["{\"offset\":4}"],
+            "2 and 3 were replayed"
+        );
     }
 
     #[test]

@@ -171,8 +171,8 @@ impl Session {
             Err(e) => return self.reply_error(e.id, ErrorCode::BadRequest, &e.message).await,
         };
         match frame {
-            ClientFrame::Hello { .. } => {
-                self.reply_error(None, ErrorCode::BadRequest, "already authenticated")
+            ClientFrame::Hello { id, .. } => {
+                self.reply_error(id, ErrorCode::BadRequest, "already authenticated")
                     .await
             }
             ClientFrame::Join { id, room, since } => self.join(id, &room, since).await,

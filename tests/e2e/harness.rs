@@ -321,6 +321,9 @@ pub struct Herald {
     stderr: Arc<StdMutex<Vec<String>>>,
     stdout: Arc<StdMutex<Vec<String>>>,
     exited: Option<ExitStatus>,
+    /// Names a cluster node in the stderr dump of a failed test (empty for
+    /// standalone).
+    label: String,
 }
 
 impl Herald {
@@ -331,6 +334,13 @@ impl Herald {
 
     /// As [`Herald::start`], with extra environment variables for the child.
     pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Herald {
+        Self::start_mode("standalone", extra_toml, env).await
+    }
+
+    /// Starts `herald MODE` (`standalone`, `gateway` or `api`) with the base
+    /// configuration plus `extra_toml` and extra environment variables (for a
+    /// cluster node: `HERALD_REDIS_URL`, `HERALD_NODE_ID`).
+    pub async fn start_mode(mode: &str, extra_toml: &str, env: &[(&str, &str)]) -> Herald {
         let dir = unique_dir("run");
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
@@ -338,7 +348,7 @@ impl Herald {
         std::fs::write(&config_path, config_text(extra_toml)).unwrap();
 
         let mut cmd = herald_command(env);
-        cmd.arg("standalone")
+        cmd.arg(mode)
             .arg("--addr")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -365,6 +375,11 @@ impl Herald {
             stderr,
             stdout,
             exited: None,
+            label: match env.iter().find(|(k, _)| *k == "HERALD_NODE_ID") {
+                _ if mode == "standalone" => String::new(),
+                Some((_, id)) => format!(" {mode} {id}"),
+                None => format!(" {mode}"),
+            },
         };
         match tokio::time::timeout(STARTUP, rx).await {
             Ok(Ok(addr)) => herald.addr = addr,
@@ -374,7 +389,7 @@ impl Herald {
                 herald.exited = status;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 panic!(
-                    "herald did not print `herald: listening on http://…` ({}); exit: {status:?}\n\
+                    "herald {mode} did not print `herald: listening on http://…` ({}); exit: {status:?}\n\
                      config:\n{}\nstdout:\n{}\nstderr:\n{}",
                     if outcome.is_err() {
                         "timed out"
@@ -680,11 +695,15 @@ impl Drop for Herald {
         if std::thread::panicking() {
             let lines = self.stderr.lock().map(|l| l.clone()).unwrap_or_default();
             let skip = lines.len().saturating_sub(200);
-            eprintln!("----- herald stderr (last {} lines) -----", lines.len() - skip);
+            eprintln!(
+                "----- herald{} stderr (last {} lines) -----",
+                self.label,
+                lines.len() - skip
+            );
             for line in &lines[skip..] {
                 eprintln!("{line}");
             }
-            eprintln!("----- end of herald stderr -----");
+            eprintln!("----- end of herald{} stderr -----", self.label);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -1263,5 +1282,362 @@ async fn read_loop(
             }
             _ => {}
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster: Redis, gateway and API nodes, a TCP proxy
+// ---------------------------------------------------------------------------
+
+/// A loopback port that was free a moment ago (bound to port 0, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+impl Herald {
+    /// Kills the process with SIGKILL (no drain, no cleanup: a crashed
+    /// node) and reaps it.
+    pub fn sigkill(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        self.child.kill().expect("SIGKILL herald");
+        self.exited = Some(self.child.wait().expect("wait for herald"));
+    }
+
+    /// `GET /readyz`: its status code.
+    pub async fn readyz(&self) -> u16 {
+        self.get_text("/readyz").await.0
+    }
+}
+
+/// Whether a Redis server answers `PING` on `addr` within `limit`.
+async fn redis_answers(addr: SocketAddr, limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n") {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        (got == b"+PONG\r\n").then_some(())
+    };
+    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(())))
+}
+
+/// A `redis-server` of the test's own, on a free loopback port, without
+/// persistence (a restart loses everything, like a crashed cache). It can
+/// be SIGKILLed and started again on the same port. Killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    output: Arc<StdMutex<Vec<String>>>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port (another one if the port was taken
+    /// meanwhile) and waits until it answers `PING`.
+    pub async fn start() -> RedisServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: unique_dir("redis"),
+                output: Arc::new(StdMutex::new(Vec::new())),
+            };
+            match server.spawn().await {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("could not start redis-server: {last_error}");
+    }
+
+    /// Spawns `redis-server` on `self.port` and waits (bounded) until it
+    /// answers; `Err` if it exits first (port taken) or never answers.
+    async fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server (is it installed?): {e}"))?;
+        spawn_line_reader(child.stdout.take().unwrap(), self.output.clone(), None);
+        spawn_line_reader(child.stderr.take().unwrap(), self.output.clone(), None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(format!(
+                    "redis-server on port {} exited with {status}: {}",
+                    self.port,
+                    self.output.lock().unwrap().join("\n")
+                ));
+            }
+            if redis_answers(self.addr(), Duration::from_millis(500)).await {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("redis-server on port {} did not answer PING", self.port));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server and reaps it: every client connection drops and
+    /// all data is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL redis-server");
+            child.wait().expect("wait for redis-server");
+        }
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open and nothing
+    /// answers (a hung Redis). [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server failed: {status}");
+    }
+
+    /// Starts the server again on the same port (empty: nothing was
+    /// persisted); retries for a few seconds if the port is not free yet.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: redis-server is still running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => panic!("could not restart redis-server: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL works on a stopped process too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let lines = self.output.lock().map(|l| l.clone()).unwrap_or_default();
+            let skip = lines.len().saturating_sub(50);
+            eprintln!(
+                "----- redis-server output (last {} lines) -----",
+                lines.len() - skip
+            );
+            for line in &lines[skip..] {
+                eprintln!("{line}");
+            }
+            eprintln!("----- end of redis-server output -----");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy on a free loopback port in front of `target`. [`cut`]
+/// drops every live connection (both sides see the socket close) while the
+/// listener keeps accepting; [`set_blocked`] makes it close new
+/// connections at once, to make an outage last.
+///
+/// [`cut`]: TcpProxy::cut
+/// [`set_blocked`]: TcpProxy::set_blocked
+pub struct TcpProxy {
+    addr: SocketAddr,
+    conns: Arc<StdMutex<Vec<tokio::task::AbortHandle>>>,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    acceptor: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<StdMutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let acceptor = {
+            let (conns, blocked, accepted) = (conns.clone(), blocked.clone(), accepted.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    if blocked.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    inbound.set_nodelay(true).ok();
+                    let task = tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        outbound.set_nodelay(true).ok();
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                    let mut conns = conns.lock().unwrap();
+                    conns.retain(|c| !c.is_finished());
+                    conns.push(task.abort_handle());
+                }
+            })
+        };
+        TcpProxy {
+            addr,
+            conns,
+            blocked,
+            accepted,
+            acceptor,
+        }
+    }
+
+    /// The proxy's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `redis://ADDR` of the proxy (when it fronts a Redis server).
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Drops every live connection (both of its sockets are closed); new
+    /// connections are still accepted. Returns how many were live.
+    pub fn cut(&self) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let live = conns.iter().filter(|c| !c.is_finished()).count();
+        for conn in conns.drain(..) {
+            conn.abort();
+        }
+        live
+    }
+
+    /// While blocked, new connections are accepted and closed at once.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::SeqCst);
+    }
+
+    /// Connections forwarded so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+/// A cluster on its own Redis: `redis-server`, N `herald gateway` nodes
+/// (`gw-1` … `gw-N`) and one `herald api` node (`api-1`), all with the base
+/// configuration plus the same `extra_toml`. Dropping it kills everything.
+pub struct Cluster {
+    pub gateways: Vec<Herald>,
+    pub api: Herald,
+    extra_toml: String,
+    // Dropped last: the nodes go before their Redis.
+    pub redis: RedisServer,
+}
+
+impl Cluster {
+    pub async fn start(gateways: usize, extra_toml: &str) -> Cluster {
+        let redis = RedisServer::start().await;
+        let url = redis.url();
+        let api = Herald::start_mode(
+            "api",
+            extra_toml,
+            &[("HERALD_REDIS_URL", &url), ("HERALD_NODE_ID", "api-1")],
+        )
+        .await;
+        let mut cluster = Cluster {
+            gateways: Vec::new(),
+            api,
+            extra_toml: extra_toml.to_string(),
+            redis,
+        };
+        for i in 1..=gateways {
+            let node = cluster.start_gateway(&format!("gw-{i}"), &url).await;
+            cluster.gateways.push(node);
+        }
+        cluster
+    }
+
+    /// Starts one more gateway node with the cluster's configuration, on
+    /// `redis_url` (the cluster's Redis, or a proxy in front of it). It is
+    /// not added to `gateways`.
+    pub async fn start_gateway(&self, node_id: &str, redis_url: &str) -> Herald {
+        Herald::start_mode(
+            "gateway",
+            &self.extra_toml,
+            &[("HERALD_REDIS_URL", redis_url), ("HERALD_NODE_ID", node_id)],
+        )
+        .await
+    }
+
+    /// Gateway `i` (0-based).
+    pub fn gw(&self, i: usize) -> &Herald {
+        &self.gateways[i]
     }
 }

@@ -9,9 +9,14 @@
 
 mod harness;
 
+mod abuse;
+mod access;
 mod api;
+mod cluster;
 mod errors;
 mod ops;
+mod ops_cluster;
+mod outbox;
 mod protocol;
 mod recovery;
 mod slow_consumer;

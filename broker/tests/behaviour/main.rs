@@ -10,6 +10,7 @@
 
 mod engines;
 mod memory_only;
+mod properties;
 mod proxy;
 mod redis_only;
 mod redis_server;
