@@ -501,8 +501,31 @@ impl Session {
                 .reply_error(id, ErrorCode::BadRequest, &format!("not in room {room}"))
                 .await;
         }
+        // Server API commands (disconnect, unsubscribe, revoke) reach a
+        // connection through its `user:`/`role:` rooms: leaving them would
+        // put it out of the server's reach.
+        if self.is_automatic(&room) {
+            return self
+                .reply_error(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("{room} is an automatic room and cannot be left"),
+                )
+                .await;
+        }
         self.exit(&room).await;
         self.send_left(id, &room, LeftReason::Request).await
+    }
+
+    /// Whether `room` is one the connection was joined to automatically:
+    /// its user's room, one of its roles' rooms, or `broadcast`.
+    fn is_automatic(&self, room: &RoomName) -> bool {
+        let name = room.as_str();
+        name == BROADCAST_ROOM
+            || name.strip_prefix("user:") == Some(self.claims.sub.as_str())
+            || name
+                .strip_prefix("role:")
+                .is_some_and(|role| self.claims.roles.iter().any(|r| r == role))
     }
 
     async fn publish(

@@ -629,7 +629,7 @@ async fn publishing_through_a_redis_restart_resyncs_once_then_continues() {
             "{}: new epoch after {resync}",
             c.name
         );
-        c.expect_no_message(Duration::from_millis(200)).await;
+        c.expect_nothing_in(room, Duration::from_millis(200)).await;
         eprintln!(
             "{}: old 1..={}, resync at {p}, new {}..={last}; {refused} publishes refused",
             c.name,

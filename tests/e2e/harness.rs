@@ -1128,6 +1128,27 @@ impl Client {
         }
     }
 
+    /// Panics if a message about `room` (or a close) arrives within `d`;
+    /// messages about other rooms are skipped (after a Redis restart every
+    /// room, `broadcast` included, may get its own `resync`).
+    pub async fn expect_nothing_in(&mut self, room: &str, d: Duration) {
+        let deadline = Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_incoming(left).await {
+                None => return,
+                Some(Incoming::Text(text))
+                    if serde_json::from_str::<Value>(&text)
+                        .is_ok_and(|m| m.get("room").is_some_and(|r| r != room)) => {}
+                Some(other) => panic!(
+                    "{}: expected nothing about {room} for {d:?}, got {}",
+                    self.name,
+                    short(&other)
+                ),
+            }
+        }
+    }
+
     /// Panics if anything (message or close) arrives within `d`.
     pub async fn expect_no_message(&mut self, d: Duration) {
         if let Some(incoming) = self.next_incoming(d).await {
