@@ -1,4 +1,5 @@
-//! Bad input and limits (PROTOCOL.md §1, §1.1, §1.6): malformed messages get
+//! Bad input and limits (PROTOCOL.md §1, §1.1, §1.6), on a standalone node
+//! and (for every bad input) again on a cluster gateway: malformed messages get
 //! `bad_request` and the connection stays open; authentication failures
 //! close with 4001; expiry with 4003 unless refreshed; oversize messages
 //! with 1009; idle connections with 1001; and nothing makes the server
@@ -17,9 +18,33 @@ pattern = "open:*"
 join = "anyone"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_messages_are_bad_request_and_connection_stays_open() {
-    let h = Herald::start(ROOMS).await;
+/// Two tests from one body: against a standalone node, and against a
+/// gateway of a two-gateway cluster on Redis (the same bad input gets the
+/// same answer there).
+macro_rules! on_both {
+    ($standalone:ident, $cluster:ident, $config:expr, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $standalone() {
+            let h = Herald::start(&$config).await;
+            $body(&h).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            let cluster = Cluster::start(2, &$config).await;
+            $body(cluster.gw(1)).await;
+        }
+    };
+}
+
+on_both!(
+    malformed_messages_are_bad_request_and_connection_stays_open,
+    malformed_messages_are_bad_request_and_connection_stays_open_over_the_cluster,
+    ROOMS.to_string(),
+    malformed_messages_are_bad_request_and_connection_stays_open_on
+);
+
+async fn malformed_messages_are_bad_request_and_connection_stays_open_on(h: &Herald) {
     let mut c = h.connect_hello(&h.user_token("alice")).await;
 
     let inputs: &[&str] = &[
@@ -63,9 +88,14 @@ async fn malformed_messages_are_bad_request_and_connection_stays_open() {
     h.assert_no_panic().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_before_hello_is_unauthorized_and_closes_4001() {
-    let h = Herald::start(ROOMS).await;
+on_both!(
+    message_before_hello_is_unauthorized_and_closes_4001,
+    message_before_hello_is_unauthorized_and_closes_4001_over_the_cluster,
+    ROOMS.to_string(),
+    message_before_hello_is_unauthorized_and_closes_4001_on
+);
+
+async fn message_before_hello_is_unauthorized_and_closes_4001_on(h: &Herald) {
     let mut c = h.connect_raw().await;
     c.send_json(json!({"op": "join", "id": 1, "room": "open:1"}))
         .await;
@@ -80,9 +110,14 @@ async fn message_before_hello_is_unauthorized_and_closes_4001() {
     h.assert_no_panic().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_hello_within_timeout_closes_4001() {
-    let h = Herald::start(&format!("[gateway]\nhello_timeout_ms = 300\n{ROOMS}")).await;
+on_both!(
+    no_hello_within_timeout_closes_4001,
+    no_hello_within_timeout_closes_4001_over_the_cluster,
+    format!("[gateway]\nhello_timeout_ms = 300\n{ROOMS}"),
+    no_hello_within_timeout_closes_4001_on
+);
+
+async fn no_hello_within_timeout_closes_4001_on(h: &Herald) {
     let mut c = h.connect_raw().await;
     let started = Instant::now();
     let (code, _) = c.expect_close(Duration::from_secs(4)).await;
@@ -98,9 +133,14 @@ async fn no_hello_within_timeout_closes_4001() {
     d.assert_alive(1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_token_in_hello_closes_4001() {
-    let h = Herald::start(ROOMS).await;
+on_both!(
+    bad_token_in_hello_closes_4001,
+    bad_token_in_hello_closes_4001_over_the_cluster,
+    ROOMS.to_string(),
+    bad_token_in_hello_closes_4001_on
+);
+
+async fn bad_token_in_hello_closes_4001_on(h: &Herald) {
     let forged = mint(&json!({"sub": "alice", "exp": now_secs() + 3600}), "wrong-secret");
     let expired = h.token("alice", &[], &[], &[], -3600);
     let no_sub = mint(&json!({"exp": now_secs() + 3600}), SECRET);
@@ -140,10 +180,14 @@ fn base64url(data: &[u8]) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversize_message_closes_1009() {
-    let h = Herald::start(&format!("[gateway]\nmax_frame_bytes = 1024\n{ROOMS}")).await;
+on_both!(
+    oversize_message_closes_1009,
+    oversize_message_closes_1009_over_the_cluster,
+    format!("[gateway]\nmax_frame_bytes = 1024\n{ROOMS}"),
+    oversize_message_closes_1009_on
+);
 
+async fn oversize_message_closes_1009_on(h: &Herald) {
     // Just under the limit is fine.
     let mut ok = h.connect_hello(&h.user_token("alice")).await;
     let pad = "x".repeat(900);
@@ -204,9 +248,14 @@ async fn oversize_message_closes_1009() {
     h.assert_no_panic().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_room_name_and_malformed_since_are_bad_request() {
-    let h = Herald::start(ROOMS).await;
+on_both!(
+    bad_room_name_and_malformed_since_are_bad_request,
+    bad_room_name_and_malformed_since_are_bad_request_over_the_cluster,
+    ROOMS.to_string(),
+    bad_room_name_and_malformed_since_are_bad_request_on
+);
+
+async fn bad_room_name_and_malformed_since_are_bad_request_on(h: &Herald) {
     let mut c = h.connect_hello(&h.user_token("alice")).await;
 
     let too_long = format!("open:{}", "a".repeat(200));
@@ -340,12 +389,14 @@ async fn idle_connection_is_closed_and_a_ponging_one_is_not() {
     h.assert_no_panic().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abuse_mix_leaves_no_panic() {
-    let h = Herald::start(&format!(
-        "[gateway]\nmax_frame_bytes = 1024\nhello_timeout_ms = 500\n{ROOMS}"
-    ))
-    .await;
+on_both!(
+    abuse_mix_leaves_no_panic,
+    abuse_mix_leaves_no_panic_over_the_cluster,
+    format!("[gateway]\nmax_frame_bytes = 1024\nhello_timeout_ms = 500\n{ROOMS}"),
+    abuse_mix_leaves_no_panic_on
+);
+
+async fn abuse_mix_leaves_no_panic_on(h: &Herald) {
     let token = h.user_token("alice");
 
     // Raw junk before hello, of every kind.

@@ -117,6 +117,75 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(!logs.contains("panicked"), "{logs}");
 }
 
+/// A thousand connections are all closed with 1001 within `drain_ms`, and
+/// the closes are spread over the window rather than sent at once (no
+/// reconnect stampede on the other nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_thousand_connections_evenly() {
+    const CONNS: usize = 1000;
+    const DRAIN: Duration = Duration::from_millis(3000);
+    let mut h = Herald::start(&format!("[gateway]\ndrain_ms = {}\n{ROOMS}", DRAIN.as_millis())).await;
+    let mut clients = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        clients.push(h.connect_with_header(&h.user_token(&format!("u{i}"))).await);
+    }
+    let (status, text) = h.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("herald_connections_open") && l.ends_with(&format!(" {CONNS}"))),
+        "{CONNS} connections open before the drain:\n{}",
+        text.lines()
+            .filter(|l| l.starts_with("herald_connections_open"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let signalled = Instant::now();
+    h.sigterm();
+    let waits = clients.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            let (code, _) = c.expect_close(DRAIN + Duration::from_secs(5)).await;
+            (code, signalled.elapsed())
+        })
+    });
+    let mut closes = Vec::with_capacity(CONNS);
+    for wait in waits.collect::<Vec<_>>() {
+        closes.push(wait.await.expect("close waiter"));
+    }
+    let codes: std::collections::BTreeMap<u16, usize> =
+        closes.iter().fold(Default::default(), |mut m, (code, _)| {
+            *m.entry(*code).or_default() += 1;
+            m
+        });
+    assert_eq!(codes, [(1001, CONNS)].into(), "close codes");
+    let mut at: Vec<Duration> = closes.iter().map(|(_, t)| *t).collect();
+    at.sort();
+    let last = *at.last().unwrap();
+    assert!(
+        last < DRAIN + Duration::from_millis(1500),
+        "last close after {last:?} (drain_ms {DRAIN:?})"
+    );
+    // Spread: each quarter of the window holds a fair share of the closes.
+    let quarter = DRAIN / 4;
+    for q in 0..4u32 {
+        let (from, to) = (quarter * q, quarter * (q + 1));
+        let n = at.iter().filter(|t| **t >= from && **t < to).count();
+        assert!(
+            n >= CONNS / 10,
+            "{n} of {CONNS} closes in {from:?}..{to:?}: not spread over drain_ms (first {:?}, last {last:?})",
+            at[0]
+        );
+    }
+    let status = h
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("herald did not exit after draining");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let logs = h.stderr_lines().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_connections_exits_zero() {
     let mut h = Herald::start(ROOMS).await;
