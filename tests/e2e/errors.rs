@@ -25,13 +25,13 @@ macro_rules! on_both {
     ($standalone:ident, $cluster:ident, $config:expr, $body:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $standalone() {
-            let h = Herald::start(&$config).await;
+            let h = Herald::start($config).await;
             $body(&h).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $cluster() {
-            let cluster = Cluster::start(2, &$config).await;
+            let cluster = Cluster::start(2, $config).await;
             $body(cluster.gw(1)).await;
         }
     };
@@ -40,7 +40,7 @@ macro_rules! on_both {
 on_both!(
     malformed_messages_are_bad_request_and_connection_stays_open,
     malformed_messages_are_bad_request_and_connection_stays_open_over_the_cluster,
-    ROOMS.to_string(),
+    ROOMS,
     malformed_messages_are_bad_request_and_connection_stays_open_on
 );
 
@@ -91,7 +91,7 @@ async fn malformed_messages_are_bad_request_and_connection_stays_open_on(h: &Her
 on_both!(
     message_before_hello_is_unauthorized_and_closes_4001,
     message_before_hello_is_unauthorized_and_closes_4001_over_the_cluster,
-    ROOMS.to_string(),
+    ROOMS,
     message_before_hello_is_unauthorized_and_closes_4001_on
 );
 
@@ -113,7 +113,7 @@ async fn message_before_hello_is_unauthorized_and_closes_4001_on(h: &Herald) {
 on_both!(
     no_hello_within_timeout_closes_4001,
     no_hello_within_timeout_closes_4001_over_the_cluster,
-    format!("[gateway]\nhello_timeout_ms = 300\n{ROOMS}"),
+    &format!("[gateway]\nhello_timeout_ms = 300\n{ROOMS}"),
     no_hello_within_timeout_closes_4001_on
 );
 
@@ -136,7 +136,7 @@ async fn no_hello_within_timeout_closes_4001_on(h: &Herald) {
 on_both!(
     bad_token_in_hello_closes_4001,
     bad_token_in_hello_closes_4001_over_the_cluster,
-    ROOMS.to_string(),
+    ROOMS,
     bad_token_in_hello_closes_4001_on
 );
 
@@ -183,7 +183,7 @@ fn base64url(data: &[u8]) -> String {
 on_both!(
     oversize_message_closes_1009,
     oversize_message_closes_1009_over_the_cluster,
-    format!("[gateway]\nmax_frame_bytes = 1024\n{ROOMS}"),
+    &format!("[gateway]\nmax_frame_bytes = 1024\n{ROOMS}"),
     oversize_message_closes_1009_on
 );
 
@@ -251,7 +251,7 @@ async fn oversize_message_closes_1009_on(h: &Herald) {
 on_both!(
     bad_room_name_and_malformed_since_are_bad_request,
     bad_room_name_and_malformed_since_are_bad_request_over_the_cluster,
-    ROOMS.to_string(),
+    ROOMS,
     bad_room_name_and_malformed_since_are_bad_request_on
 );
 
@@ -392,7 +392,7 @@ async fn idle_connection_is_closed_and_a_ponging_one_is_not() {
 on_both!(
     abuse_mix_leaves_no_panic,
     abuse_mix_leaves_no_panic_over_the_cluster,
-    format!("[gateway]\nmax_frame_bytes = 1024\nhello_timeout_ms = 500\n{ROOMS}"),
+    &format!("[gateway]\nmax_frame_bytes = 1024\nhello_timeout_ms = 500\n{ROOMS}"),
     abuse_mix_leaves_no_panic_on
 );
 
