@@ -202,6 +202,14 @@ fn required<T>(value: Option<T>, field: &str, id: Option<u64>) -> Result<T, Fram
 impl<'a> ClientFrame<'a> {
     /// Parses one text message.
     pub fn parse(text: &'a str) -> Result<Self, FrameError> {
+        // serde would also read the frame struct from an array, by field
+        // order (`["join", 7, …]`); a message is a JSON object (§1).
+        if !text.trim_start().starts_with('{') {
+            return Err(FrameError {
+                id: None,
+                message: "invalid message: expected a JSON object".into(),
+            });
+        }
         let wire: WireClientFrame<'a> = serde_json::from_str(text).map_err(|e| FrameError {
             id: serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id),
             message: format!("invalid message: {e}"),
@@ -391,6 +399,19 @@ impl ServerFrame<'_> {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn arrays_are_not_frames() {
+        for text in [
+            r#"["join",7,null,null,"lobby",null,null]"#,
+            r#"["ping",1]"#,
+            " [1]",
+        ] {
+            let e = ClientFrame::parse(text).unwrap_err();
+            assert!(e.message.contains("JSON object"), "{text}: {}", e.message);
+        }
+        assert!(ClientFrame::parse(r#" {"op":"ping","id":1}"#).is_ok());
+    }
 
     #[test]
     fn parses_every_client_op() {

@@ -37,6 +37,14 @@ impl RampSearch {
         }
     }
 
+    /// Never walks down below `floor` (at most the start): a step must
+    /// carry enough publishes for its percentiles and rate to mean
+    /// something.
+    pub fn with_floor(mut self, floor: f64) -> Self {
+        self.min_rate = floor.min(self.next.unwrap_or(floor));
+        self
+    }
+
     /// The rate of the next step, or `None` when the search is over.
     pub fn next_rate(&self) -> Option<f64> {
         self.next
@@ -120,5 +128,15 @@ mod tests {
         assert_eq!(best, None);
         assert_eq!(tried.len(), 4, "10, 1, 0.1, 0.01 then below the floor");
         assert_eq!(run(RampSearch::new(10.0, 2.0, 1e9, 0, 0.05), 1.0).1.len(), 0);
+    }
+
+    #[test]
+    fn a_floor_stops_the_walk_down() {
+        let (best, tried) = run(RampSearch::new(5.0, 2.0, 1e9, 30, 0.1).with_floor(2.0), 0.5);
+        assert_eq!(best, None);
+        assert_eq!(tried, vec![5.0, 2.5], "1.25 is below the floor");
+        // A floor above the start is the start.
+        let (_, tried) = run(RampSearch::new(5.0, 2.0, 1e9, 30, 0.1).with_floor(50.0), 0.0);
+        assert_eq!(tried, vec![5.0]);
     }
 }

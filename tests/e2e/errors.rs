@@ -50,6 +50,7 @@ async fn malformed_messages_are_bad_request_and_connection_stays_open_on(h: &Her
     let inputs: &[&str] = &[
         "this is not json",
         "[1, 2, 3]",
+        r#"["join", 7, null, null, "open:1", null, null]"#,
         "42",
         r#"{"no_op": true}"#,
         r#"{"op": "join", "id": 3, "room": 42}"#,

@@ -13,6 +13,10 @@ use crate::publisher::PublishSpec;
 use crate::ramp::RampSearch;
 use crate::report::{Ramp, RampStep, Report};
 
+/// The fewest publishes a ramp step may carry: below it a step's rate and
+/// percentiles describe a handful of events, not a sustained load.
+const MIN_PUBLISHES_PER_STEP: f64 = 10.0;
+
 /// Whether a ramp step met the bound, and why not.
 fn judge(w: &Window, rate: f64, p99_bound_ms: f64) -> (bool, String) {
     let t = &w.delivery.totals;
@@ -73,7 +77,8 @@ pub async fn run(ctx: &Ctx<'_>, args: &FanoutArgs) -> Result<Report> {
             args.ramp_max,
             args.ramp_steps,
             args.ramp_precision,
-        );
+        )
+        .with_floor(MIN_PUBLISHES_PER_STEP / args.step_secs.max(1) as f64);
         let mut steps: Vec<RampStep> = Vec::new();
         while let Some(rate) = search.next_rate() {
             let w = window(ctx, &fleet, &newest, &spec(rate, args.step_secs), drain).await?;
