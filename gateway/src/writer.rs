@@ -2,9 +2,11 @@
 //! socket writes as possible, sends heartbeats, enforces the idle and token
 //! deadlines, and performs the close handshake.
 //!
-//! Frames are written into a `BufWriter` and flushed once per drained batch
-//! (fastwebsockets' own writer issues one syscall per frame). Server frames
-//! are unmasked, so an event's shared bytes are written as they are.
+//! A drained batch is encoded into one buffer and written with one
+//! `write_all` (fastwebsockets' own writer issues one syscall per frame).
+//! The buffer is sized for the batch and released after it, so an idle
+//! connection holds no write buffer. Server frames are unmasked, so an
+//! event's shared bytes are copied as they are.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -75,26 +77,70 @@ impl Default for LastSeen {
     }
 }
 
+/// The longest WebSocket frame head (2 + 8 bytes of length; server frames
+/// carry no mask).
+const MAX_HEAD: usize = 14;
+
+/// The write half of a connection with the frames waiting to be written.
+struct FrameWriter<W> {
+    io: W,
+    pending: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    fn new(io: W) -> Self {
+        Self {
+            io,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Encodes one final frame after those already pending.
+    fn push(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
+        let mut head = [0u8; MAX_HEAD];
+        let len = frame.fmt_head(&mut head);
+        self.pending.extend_from_slice(&head[..len]);
+        self.pending.extend_from_slice(payload);
+    }
+
+    /// Writes everything pending in one go and releases the buffer.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.io.write_all(&self.pending).await?;
+        }
+        self.pending = Vec::new();
+        self.io.flush().await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.io.shutdown().await
+    }
+}
+
 async fn write_frame<W: AsyncWrite + Unpin>(
-    out: &mut BufWriter<W>,
+    out: &mut FrameWriter<W>,
     opcode: OpCode,
     payload: &[u8],
 ) -> std::io::Result<()> {
-    let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
-    let mut head = [0u8; 14];
-    let len = frame.fmt_head(&mut head);
-    out.write_all(&head[..len]).await?;
-    out.write_all(payload).await
+    out.push(opcode, payload);
+    out.flush().await
 }
 
-/// Writes one drained batch and flushes it.
+/// Writes one drained batch: one buffer of the batch's exact size, one
+/// `write_all`.
 async fn write_batch<W: AsyncWrite + Unpin>(
-    out: &mut BufWriter<W>,
+    out: &mut FrameWriter<W>,
     batch: &[Outbound],
 ) -> std::io::Result<()> {
-    for item in batch {
+    let frames = batch.iter().map(|item| {
         let (Outbound::Event { frame, .. } | Outbound::Frame(frame)) = item;
-        write_frame(out, OpCode::Text, frame).await?;
+        frame
+    });
+    out.pending
+        .reserve(frames.clone().map(|f| MAX_HEAD + f.len()).sum());
+    for frame in frames {
+        out.push(OpCode::Text, frame);
     }
     out.flush().await
 }
@@ -131,7 +177,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     timing: Timing,
     metrics: GatewayMetrics,
 ) -> u16 {
-    let mut out = BufWriter::with_capacity(32 * 1024, io);
+    let mut out = FrameWriter::new(io);
     let close = conn.close_signal().clone();
     let mut batch = Vec::with_capacity(64);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + timing.heartbeat, timing.heartbeat);
@@ -146,7 +192,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Some(ctl) = control.recv() => match ctl {
                     Control::Pong(payload) => {
                         write_frame(&mut out, OpCode::Pong, &payload).await?;
-                        out.flush().await?;
                     }
                     Control::Expiry(at) => expiry = Some(at),
                 },
@@ -155,7 +200,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                         conn.close(CloseCode::GoingAway, "idle timeout");
                     } else {
                         write_frame(&mut out, OpCode::Ping, b"").await?;
-                        out.flush().await?;
                     }
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
@@ -207,7 +251,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
         payload.extend_from_slice(&reason.code.to_be_bytes());
         payload.extend_from_slice(reason.reason.as_bytes());
         write_frame(&mut out, OpCode::Close, &payload).await?;
-        out.flush().await?;
         out.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, finish).await;
