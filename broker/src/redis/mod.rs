@@ -112,7 +112,11 @@ impl RedisBroker {
         let client = redis::Client::open(url).map_err(|e| ConnectError::BadUrl(e.to_string()))?;
         let mut config = deadpool_redis::Config::from_url(url);
         config.pool = Some(PoolConfig {
-            max_size: 16,
+            // Each checkout costs a PING round trip (deadpool's recycle
+            // check), so a connect storm's joins need many connections in
+            // flight: 16 made a 10 000-connection storm wait for the pool
+            // (joins refused `unavailable` after OP_TIMEOUT), 64 did not.
+            max_size: 64,
             timeouts: Timeouts {
                 wait: Some(OP_TIMEOUT),
                 create: Some(OP_TIMEOUT),
