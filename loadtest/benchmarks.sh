@@ -8,7 +8,7 @@
 # Needs: a release build (cargo build --release -p herald -p herald-loadtest),
 # redis-server, and for the Socket.IO peer node + `npm ci` in
 # loadtest/peers/socketio. Run it on a quiet machine: the load client, Redis
-# and every node share its cores. Takes about 15 minutes.
+# and every node share its cores. Takes about 20 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,8 @@ run() { # run NAME TARGET ARGS...: one workload; summary to NAME.txt, report to 
 
 run fanout-5 both fanout --conns 10000 --rate 5 --duration 10
 run fanout-ramp both fanout --conns 10000 --ramp --p99-ms 100 --ramp-start 5 --ramp-max 200 --step-secs 5
+# The throughput ceiling: the highest zero-loss rate with p99 under a second.
+run fanout-capacity both fanout --conns 10000 --ramp --p99-ms 1000 --ramp-start 10 --ramp-max 400 --ramp-factor 1.5 --step-secs 5
 # Three nodes: a process may hold at most 20 000 file descriptors here.
 run idle-50k both idle --conns 50000 --gateways 3 --settle 5 --hold 10
 run connect-10k both connect --conns 10000 --concurrency 10000

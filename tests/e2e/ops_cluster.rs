@@ -901,11 +901,14 @@ async fn local_cluster_feeds_every_dashboard_panel() {
     .filter(|t| find_tool(t).is_none())
     .collect();
     if !missing.is_empty() {
-        eprintln!(
-            "SKIPPED local_cluster_feeds_every_dashboard_panel: not installed: {} \
+        let why = format!(
+            "local_cluster_feeds_every_dashboard_panel: not installed: {} \
              (apt-get install haproxy prometheus redis-server postgresql curl; .ci/run does)",
             missing.join(", ")
         );
+        // CI installs them: there, a missing tool is a broken CI, not a skip.
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("SKIPPED {why}");
         return;
     }
     let test_started = Instant::now();
@@ -1439,10 +1442,10 @@ fn deploy_files_are_valid() {
         None => skipped.push("check-jsonschema (pip install check-jsonschema)".into()),
     }
     if !skipped.is_empty() {
-        eprintln!(
-            "deploy_files_are_valid: SKIPPED (not installed): {}",
-            skipped.join("; ")
-        );
+        let why = format!("deploy_files_are_valid: not installed: {}", skipped.join("; "));
+        // CI installs every validator: there, a missing one is a failure.
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("SKIPPED {why}");
     }
 }
 
