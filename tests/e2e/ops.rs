@@ -186,6 +186,45 @@ async fn sigterm_drains_a_thousand_connections_evenly() {
     assert!(!logs.contains("panicked"), "{logs}");
 }
 
+/// An API request in flight when SIGTERM arrives (its body half sent) is
+/// finished and answered before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_an_api_request_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut h = Herald::start(ROOMS).await;
+    let body = json!({"room": "open:inflight", "event": "e", "data": {"pad": "x".repeat(200)}}).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut socket = tokio::net::TcpStream::connect(h.addr()).await.expect("connect");
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.expect("write head");
+    socket.write_all(first).await.expect("write half the body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // With no WebSocket to drain, the node stops accepting at once and
+    // waits only for the requests it has.
+    h.sigterm();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    socket.write_all(rest).await.expect("write the rest of the body");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, socket.read_to_string(&mut response))
+        .await
+        .expect("the response within the wait")
+        .expect("read the response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""open:inflight":{"offset":1"#), "{response}");
+
+    let status = h
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("herald did not exit after SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_connections_exits_zero() {
     let mut h = Herald::start(ROOMS).await;
