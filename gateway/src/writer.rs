@@ -3,10 +3,12 @@
 //! deadlines, and performs the close handshake.
 //!
 //! A drained batch is encoded into one buffer and written with one
-//! `write_all` (fastwebsockets' own writer issues one syscall per frame).
-//! The buffer is sized for the batch and released after it, so an idle
-//! connection holds no write buffer. Server frames are unmasked, so an
-//! event's shared bytes are copied as they are.
+//! `write_all` (fastwebsockets' own writer issues one syscall per frame);
+//! past [`FLUSH_AT`] bytes the buffer is written and refilled, and a frame
+//! larger than that is written from its shared bytes without a copy, so a
+//! batch of big events costs a bounded buffer. The buffer is released after
+//! each batch, so an idle connection holds no write buffer. Server frames
+//! are unmasked, so an event's shared bytes go out as they are.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,8 @@ impl Default for LastSeen {
 /// The longest WebSocket frame head (2 + 8 bytes of length; server frames
 /// carry no mask).
 const MAX_HEAD: usize = 14;
+/// Most bytes a connection's write buffer holds before it is written.
+const FLUSH_AT: usize = 64 * 1024;
 
 /// The write half of a connection with the frames waiting to be written.
 struct FrameWriter<W> {
@@ -95,20 +99,42 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    /// Encodes one final frame after those already pending.
-    fn push(&mut self, opcode: OpCode, payload: &[u8]) {
+    /// Encodes the head of one final frame carrying `payload`.
+    fn push_head(&mut self, opcode: OpCode, payload: &[u8]) {
         let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
         let mut head = [0u8; MAX_HEAD];
         let len = frame.fmt_head(&mut head);
         self.pending.extend_from_slice(&head[..len]);
-        self.pending.extend_from_slice(payload);
     }
 
-    /// Writes everything pending in one go and releases the buffer.
-    async fn flush(&mut self) -> std::io::Result<()> {
+    /// Queues one final frame after those already pending, writing first
+    /// when the buffer would pass [`FLUSH_AT`]; a payload larger than that
+    /// is written from where it is.
+    async fn send(&mut self, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
+        if self.pending.len() + MAX_HEAD + payload.len() > FLUSH_AT {
+            self.write_pending().await?;
+        }
+        self.push_head(opcode, payload);
+        if payload.len() > FLUSH_AT {
+            self.write_pending().await?;
+            self.io.write_all(payload).await
+        } else {
+            self.pending.extend_from_slice(payload);
+            Ok(())
+        }
+    }
+
+    async fn write_pending(&mut self) -> std::io::Result<()> {
         if !self.pending.is_empty() {
             self.io.write_all(&self.pending).await?;
+            self.pending.clear();
         }
+        Ok(())
+    }
+
+    /// Writes everything pending and releases the buffer.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_pending().await?;
         self.pending = Vec::new();
         self.io.flush().await
     }
@@ -123,12 +149,12 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     opcode: OpCode,
     payload: &[u8],
 ) -> std::io::Result<()> {
-    out.push(opcode, payload);
+    out.send(opcode, payload).await?;
     out.flush().await
 }
 
-/// Writes one drained batch: one buffer of the batch's exact size, one
-/// `write_all`.
+/// Writes one drained batch: one `write_all` unless it passes
+/// [`FLUSH_AT`] bytes.
 async fn write_batch<W: AsyncWrite + Unpin>(
     out: &mut FrameWriter<W>,
     batch: &[Outbound],
@@ -137,10 +163,10 @@ async fn write_batch<W: AsyncWrite + Unpin>(
         let (Outbound::Event { frame, .. } | Outbound::Frame(frame)) = item;
         frame
     });
-    out.pending
-        .reserve(frames.clone().map(|f| MAX_HEAD + f.len()).sum());
+    let size: usize = frames.clone().map(|f| MAX_HEAD + f.len()).sum();
+    out.pending.reserve(size.min(FLUSH_AT));
     for frame in frames {
-        out.push(OpCode::Text, frame);
+        out.send(OpCode::Text, frame).await?;
     }
     out.flush().await
 }
@@ -255,4 +281,100 @@ pub async fn run<W: AsyncWrite + Unpin>(
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, finish).await;
     reason.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The frames of `bytes`, as (payload length, first payload byte).
+    fn frames(mut bytes: &[u8]) -> Vec<(usize, u8)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            assert_eq!(bytes[0], 0x81, "a final, unmasked text frame");
+            let (len, head) = match bytes[1] {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            out.push((len, bytes[head]));
+            bytes = &bytes[head + len..];
+        }
+        out
+    }
+
+    fn event(len: usize, fill: u8) -> Outbound {
+        Outbound::Frame(Bytes::from(vec![fill; len]))
+    }
+
+    #[tokio::test]
+    async fn small_batch_is_one_write_and_the_buffer_is_released() {
+        let mut out = FrameWriter::new(Recorder::default());
+        let batch: Vec<Outbound> = (0..100).map(|i| event(150, i as u8)).collect();
+        write_batch(&mut out, &batch).await.unwrap();
+        assert_eq!(out.io.writes.len(), 1);
+        let expected: Vec<(usize, u8)> = (0..100).map(|i| (150, i as u8)).collect();
+        assert_eq!(frames(&out.io.writes[0]), expected);
+        assert_eq!(out.pending.capacity(), 0, "no buffer kept between batches");
+    }
+
+    #[tokio::test]
+    async fn big_batches_use_a_bounded_buffer_and_keep_the_order() {
+        let mut out = FrameWriter::new(Recorder::default());
+        // 40 × 10 KiB, then one event bigger than the buffer, then small ones.
+        let mut batch: Vec<Outbound> = (0..40).map(|i| event(10 * 1024, i)).collect();
+        batch.push(event(300 * 1024, 200));
+        batch.extend((0..3).map(|i| event(10, 210 + i)));
+        write_batch(&mut out, &batch).await.unwrap();
+        let writes = &out.io.writes;
+        assert!(writes.len() > 2, "written in parts: {}", writes.len());
+        let big = 300 * 1024;
+        for w in writes {
+            assert!(
+                w.len() <= FLUSH_AT || w.len() == big,
+                "a write of {} bytes",
+                w.len()
+            );
+        }
+        // The big payload went out as it was, right after its head.
+        let all: Vec<u8> = writes.concat();
+        let expected: Vec<(usize, u8)> = (0..40)
+            .map(|i| (10 * 1024, i))
+            .chain([(big, 200)])
+            .chain((0..3).map(|i| (10, 210 + i)))
+            .collect();
+        assert_eq!(frames(&all), expected);
+        assert_eq!(out.pending.capacity(), 0);
+    }
 }

@@ -37,16 +37,6 @@ const WITHIN: Duration = Duration::from_secs(1);
 /// How long "nothing arrives" is watched.
 const QUIET: Duration = Duration::from_millis(400);
 
-#[track_caller]
-fn assert_api_error(status: u16, body: &Value, expected_status: u16, code: &str) {
-    assert_eq!(status, expected_status, "body: {body}");
-    assert_eq!(body["error"]["code"], code, "body: {body}");
-    assert!(
-        body["error"]["message"].is_string(),
-        "error without a message: {body}"
-    );
-}
-
 /// `PUT`/`DELETE /v1/grants`; asserts 204 with an empty body.
 async fn grant(h: &Herald, method: &str, subject: &str, pattern: &str) {
     let (status, body) = h

@@ -19,16 +19,6 @@ presence = true
 history_size = 50
 "#;
 
-#[track_caller]
-fn assert_api_error(status: u16, body: &Value, expected_status: u16, code: &str) {
-    assert_eq!(status, expected_status, "body: {body}");
-    assert_eq!(body["error"]["code"], code, "body: {body}");
-    assert!(
-        body["error"]["message"].is_string(),
-        "error without a message: {body}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_returns_positions_and_delivers() {
     let h = Herald::start(CONFIG).await;

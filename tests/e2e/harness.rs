@@ -299,6 +299,18 @@ fn tail_of(skipped: &[Value]) -> String {
     format!("{} skipped, last: [{}]", skipped.len(), last.join(", "))
 }
 
+/// Asserts an HTTP API error: the status, the JSON error code, and a
+/// message.
+#[track_caller]
+pub fn assert_api_error(status: u16, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status, expected_status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "error without a message: {body}"
+    );
+}
+
 /// Asserts `msg` is an `error` with `code`.
 #[track_caller]
 pub fn assert_error(msg: &Value, code: &str) {

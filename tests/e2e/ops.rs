@@ -14,6 +14,17 @@ pattern = "open:*"
 join = "anyone"
 "#;
 
+/// After SIGTERM: the process exits 0 within 8 s and never panicked.
+async fn assert_clean_exit(h: &mut Herald) {
+    let status = h
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("herald did not exit after SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let logs = h.stderr_lines().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let h = Herald::start(ROOMS).await;
@@ -108,13 +119,7 @@ async fn sigterm_drains_and_exits_zero() {
         "closes spread over drain_ms = 2000"
     );
 
-    let status = h
-        .wait_exit(Duration::from_secs(8))
-        .await
-        .expect("herald did not exit after draining");
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let logs = h.stderr_lines().join("\n");
-    assert!(!logs.contains("panicked"), "{logs}");
+    assert_clean_exit(&mut h).await;
 }
 
 /// A thousand connections are all closed with 1001 within `drain_ms`, and
@@ -177,13 +182,7 @@ async fn sigterm_drains_a_thousand_connections_evenly() {
             at[0]
         );
     }
-    let status = h
-        .wait_exit(Duration::from_secs(8))
-        .await
-        .expect("herald did not exit after draining");
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let logs = h.stderr_lines().join("\n");
-    assert!(!logs.contains("panicked"), "{logs}");
+    assert_clean_exit(&mut h).await;
 }
 
 /// An API request in flight when SIGTERM arrives (its body half sent) is
@@ -218,11 +217,7 @@ async fn sigterm_finishes_an_api_request_in_flight() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains(r#""open:inflight":{"offset":1"#), "{response}");
 
-    let status = h
-        .wait_exit(Duration::from_secs(8))
-        .await
-        .expect("herald did not exit after SIGTERM");
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert_clean_exit(&mut h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, finish_report, window};
 use crate::cli::ChurnArgs;
-use crate::fleet::Fleet;
-use crate::flow::{Flow, Newest, lock};
+use crate::flow::{Flow, lock};
 use crate::publisher::PublishSpec;
 use crate::report::{Churn, Report};
 
@@ -63,16 +62,7 @@ async fn drive(flows: Arc<Vec<Arc<Flow>>>, rate: f64, until: Duration, stop: Can
 pub async fn run(ctx: &Ctx<'_>, args: &ChurnArgs) -> Result<Report> {
     let mut report = Report::new("churn", ctx.target.kind, ctx.mode, serde_json::to_value(args)?);
     let rooms = args.rooms.clamp(1, args.conns.max(1));
-    let fleet = Fleet::open(
-        ctx.target.clone(),
-        &ctx.fleet_spec(args.conns, rooms, ctx.common.connect_concurrency),
-        ctx.progress,
-    )
-    .await?;
-    report.setup = Some(fleet.setup.clone());
-    let newest = Newest::new(rooms);
-    newest.seed(&fleet.flows);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fleet, newest) = super::open_rooms(ctx, args.conns, rooms, &mut report).await?;
 
     let stop = CancellationToken::new();
     let driver = tokio::spawn(drive(

@@ -7,8 +7,6 @@ use anyhow::Result;
 
 use super::{Ctx, Window, finish_report, window};
 use crate::cli::FanoutArgs;
-use crate::fleet::Fleet;
-use crate::flow::Newest;
 use crate::publisher::PublishSpec;
 use crate::ramp::RampSearch;
 use crate::report::{Ramp, RampStep, Report};
@@ -51,16 +49,7 @@ fn judge(w: &Window, rate: f64, p99_bound_ms: f64) -> (bool, String) {
 pub async fn run(ctx: &Ctx<'_>, args: &FanoutArgs) -> Result<Report> {
     let mut report = Report::new("fanout", ctx.target.kind, ctx.mode, serde_json::to_value(args)?);
     let rooms = args.rooms.clamp(1, args.conns.max(1));
-    let fleet = Fleet::open(
-        ctx.target.clone(),
-        &ctx.fleet_spec(args.conns, rooms, ctx.common.connect_concurrency),
-        ctx.progress,
-    )
-    .await?;
-    report.setup = Some(fleet.setup.clone());
-    let newest = Newest::new(rooms);
-    newest.seed(&fleet.flows);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fleet, newest) = super::open_rooms(ctx, args.conns, rooms, &mut report).await?;
     let spec = |rate: f64, secs: u64| PublishSpec {
         rate,
         duration: Duration::from_secs(secs),

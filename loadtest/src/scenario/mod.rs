@@ -43,6 +43,28 @@ impl Ctx<'_> {
     }
 }
 
+/// Opens `conns` connections over `rooms` rooms for a publishing scenario,
+/// records the setup in `report`, learns each room's newest offset, and
+/// lets the servers settle for a second.
+pub async fn open_rooms(
+    ctx: &Ctx<'_>,
+    conns: usize,
+    rooms: usize,
+    report: &mut crate::report::Report,
+) -> Result<(Fleet, Arc<Newest>)> {
+    let fleet = Fleet::open(
+        ctx.target.clone(),
+        &ctx.fleet_spec(conns, rooms, ctx.common.connect_concurrency),
+        ctx.progress,
+    )
+    .await?;
+    report.setup = Some(fleet.setup.clone());
+    let newest = Newest::new(rooms);
+    newest.seed(&fleet.flows);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((fleet, newest))
+}
+
 /// One measured stretch of publishing.
 pub struct Window {
     pub publish: PublishReport,
